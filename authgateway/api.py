@@ -1,0 +1,143 @@
+"""The HTTP layer: thin views over the domain in flows.py and tokens.py."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, render_template, request
+from sqlalchemy import text
+
+from . import __version__, flows, tokens, validation
+from .context import gateway
+from .errors import GatewayError, InvalidApiKeyError, InvalidRequestError, MissingApiKeyError
+from .extensions import db
+from .openapi import openapi_document
+
+auth = Blueprint("auth", __name__, url_prefix="/auth")
+meta = Blueprint("meta", __name__)
+
+
+def _presented_key() -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+@auth.before_request
+def require_api_key() -> None:
+    if request.endpoint == "auth.callback":
+        return
+    key = _presented_key()
+    if key is None:
+        raise MissingApiKeyError()
+    name = gateway().api_keys.authenticate(key)
+    if name is None:
+        raise InvalidApiKeyError()
+    g.api_key_name = name
+
+
+def _time(value):
+    return value.isoformat() if value is not None else None
+
+
+@auth.post("/init")
+def init():
+    body = validation.json_body()
+    provider = validation.field(body, "provider", str)
+    user_email = validation.email(validation.field(body, "user_email", str))
+    scopes = validation.scopes(body.get("scopes"))
+    flow = flows.start_flow(provider, user_email, scopes, g.api_key_name)
+    return jsonify(auth_url=flow.auth_url, session_id=flow.session_id,
+                   expires_at=_time(flow.expires_at))
+
+
+@auth.get("/callback/<provider>")
+def callback(provider: str):
+    try:
+        result = flows.finish_callback(provider, request.args)
+    except flows.CallbackFailed as failure:
+        return _page("failure", failure.status, provider=failure.provider,
+                     user_email=failure.user_email, error=failure.code, message=failure.message)
+    except GatewayError as exc:
+        current_app.logger.error("callback failed: %s", exc.code)
+        return _page("failure", exc.status, provider=None, user_email=None, error=exc.code,
+                     message=exc.message)
+    return _page("success", 200, provider=result.provider, user_email=result.user_email,
+                 scopes=result.scopes)
+
+
+def _page(outcome: str, status: int, **context):
+    html = render_template("callback.html", outcome=outcome, **context)
+    return html, status, {"Content-Type": "text/html; charset=utf-8"}
+
+
+@auth.get("/status/<session_id>")
+def status(session_id: str):
+    answer = flows.session_status(session_id)
+    if "expires_at" in answer:
+        answer["expires_at"] = _time(answer["expires_at"])
+    return jsonify(answer)
+
+
+@auth.post("/token")
+def token():
+    body = validation.json_body()
+    provider = validation.field(body, "provider", str)
+    user_email = validation.email(validation.field(body, "user_email", str))
+    min_valid = validation.field(body, "min_valid_seconds", (int, float), required=False,
+                                 default=current_app.config["TOKEN_REFRESH_BUFFER_SECONDS"])
+    if not 0 <= min_valid <= 86400:
+        raise InvalidRequestError("The field 'min_valid_seconds' must be between 0 and 86400.")
+    force = validation.field(body, "force_refresh", bool, required=False, default=False)
+    gateway().providers.info(provider)
+    answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
+                              force_refresh=force)
+    return jsonify(access_token=answer.access_token, token_type=answer.token_type,
+                   expires_at=_time(answer.expires_at), scopes=answer.scopes)
+
+
+@auth.get("/providers/<path:user_email>")
+def user_providers(user_email: str):
+    user_email = validation.email(user_email)
+    connected = tokens.user_providers(user_email)
+    for entry in connected:
+        entry["authenticated_at"] = _time(entry["authenticated_at"])
+        entry["token_expires_at"] = _time(entry["token_expires_at"])
+    return jsonify(user_email=user_email, providers=connected)
+
+
+@auth.delete("/revoke")
+def revoke():
+    body = validation.json_body()
+    provider = validation.field(body, "provider", str)
+    user_email = validation.email(validation.field(body, "user_email", str))
+    gateway().providers.info(provider)
+    revoked = tokens.revoke(user_email, provider, g.api_key_name)
+    message = ("Revoked at the provider and deleted." if revoked else
+               "Deleted here; the provider could not confirm the revocation.")
+    return jsonify(success=True, message=message, provider_revoked=revoked)
+
+
+@meta.get("/health")
+def health():
+    answer = {"status": "healthy", "database": "connected", "encryption": "operational",
+              "version": __version__}
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+    except Exception:
+        current_app.logger.exception("health check: database unreachable")
+        answer.update(status="degraded", database="unavailable")
+    try:
+        gateway().keyring.check()
+    except Exception:
+        current_app.logger.exception("health check: encryption failed")
+        answer.update(status="degraded", encryption="failed")
+    return jsonify(answer), 200 if answer["status"] == "healthy" else 503
+
+
+@meta.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(__version__))

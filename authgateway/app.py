@@ -1,0 +1,135 @@
+"""Assembling the Flask app: config, extensions, plugins, blueprints, error shape, headers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from . import config as settings_module
+from .apikeys import ApiKeyCache
+from .context import Gateway
+from .errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from .extensions import db, migrate
+from .models import render_item
+from .plugins import Providers, build_plugin_manager
+from .storage import configure_engine, engine_options
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+}
+
+
+def build_app(test_config: dict | None = None) -> Flask:
+    instance_path = os.environ.get("AUTH_GATEWAY_INSTANCE_PATH") if test_config is None else None
+    app = Flask("authgateway", instance_path=instance_path, instance_relative_config=True)
+    app.config.update(settings_module.DEFAULTS)
+    if test_config is None:
+        environ = settings_module.environ()
+        app.config.update(settings_module.from_environ(environ))
+    else:
+        environ = {}
+        app.config.update(test_config)
+    keyring = settings_module.validate(app.config, app.instance_path)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(
+        app.config["SQLALCHEMY_DATABASE_URI"], app.config["DB_POOL_SIZE"]
+    )
+    _configure_logging(app)
+
+    db.init_app(app)
+    directory = app.config.get("MIGRATIONS_DIR") or (
+        str(MIGRATIONS_DIR) if MIGRATIONS_DIR.is_dir() else "migrations"
+    )
+    migrate.init_app(app, db, directory=directory, render_as_batch=True, compare_type=True,
+                     render_item=render_item)
+    with app.app_context():
+        configure_engine(db.engine)
+
+    settings = settings_module.Settings(app.config, environ)
+    pm = build_plugin_manager(
+        load_entrypoints=app.config["LOAD_PLUGINS"],
+        block=app.config["BLOCK_PLUGINS"],
+        extra=app.config.get("PLUGINS", ()),
+    )
+    app.extensions["authgateway"] = Gateway(
+        keyring=keyring,
+        providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
+        settings=settings,
+        api_keys=ApiKeyCache(app.config["API_KEY"], app.config["APIKEY_CACHE_SECONDS"]),
+    )
+    if not app.config["API_KEY"]:
+        app.logger.warning(
+            "AUTH_GATEWAY_API_KEY is not set: only keys made with `flask apikeys create` work."
+        )
+
+    from .api import auth, meta
+    from .cli import register_commands
+
+    app.register_blueprint(auth)
+    app.register_blueprint(meta)
+    _register_error_handlers(app)
+    app.after_request(_security_headers)
+    register_commands(app)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    level = getattr(logging, app.config["LOG_LEVEL"])
+    logging.getLogger("authgateway").setLevel(level)
+    app.logger.setLevel(level)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(GatewayError)
+    def gateway_error(exc: GatewayError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # Under /auth/ (and for our JSON endpoints) an error is JSON, never an HTML page.
+        mapped = {
+            NotFound: NotFoundError,
+            MethodNotAllowed: MethodNotAllowedError,
+            RequestEntityTooLarge: PayloadTooLargeError,
+        }.get(type(exc))
+        error = mapped() if mapped else InvalidRequestError(exc.description or None)
+        if not mapped and exc.code and exc.code >= 500:
+            error = GatewayError()
+        response = jsonify(error.to_dict())
+        response.status_code = exc.code or error.status
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(GatewayError().to_dict()), 500
+
+
+def _security_headers(response):
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if response.mimetype == "text/html":
+        response.headers.update(PAGE_HEADERS)
+    return response

@@ -1,0 +1,186 @@
+"""Operator commands: ``flask --app authgateway <group> <command>``, or ``authgateway ...``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from . import apikeys as apikeys_module
+from .crypto import generate_key
+
+
+def _create_app():
+    from . import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False,
+             load_dotenv=False, set_debug_flag=False)
+def main() -> None:
+    """authgateway: the OAuth token gateway for MCP servers."""
+
+
+# `keys` must work before any key exists, so it is registered through the `flask.commands`
+# entry point (and here), which Flask loads without creating the app.
+@click.group("keys")
+def keys() -> None:
+    """Encryption keys."""
+
+
+@keys.command("generate")
+@click.option("--rotate", is_flag=True,
+              help="Print a new key and keep the current ones for decryption.")
+def keys_generate(rotate: bool) -> None:
+    """Print new settings, ready to paste into .env (the explanation goes to stderr)."""
+    new_key = generate_key()
+    if not rotate:
+        click.echo(f"AUTH_GATEWAY_ENCRYPTION_KEY={new_key}")
+        click.echo(f"AUTH_GATEWAY_API_KEY={apikeys_module.KEY_PREFIX}{_token()}")
+        click.echo("# Keep these secret. Set them in the gateway's environment (.env).",
+                   err=True)
+        return
+    current = os.environ.get("AUTH_GATEWAY_ENCRYPTION_KEY", "").strip()
+    if not current:
+        raise click.ClickException(
+            "--rotate needs the current AUTH_GATEWAY_ENCRYPTION_KEY in the environment, "
+            "so that it can be kept for decryption."
+        )
+    older = [k.strip() for k in os.environ.get("AUTH_GATEWAY_ROTATION_KEYS", "").split(",")
+             if k.strip()]
+    click.echo(f"AUTH_GATEWAY_ENCRYPTION_KEY={new_key}")
+    click.echo(f"AUTH_GATEWAY_ROTATION_KEYS={','.join([current, *older])}")
+    click.echo(
+        "# 1. Replace both settings with the lines above on every gateway process.\n"
+        "# 2. Restart them: they now decrypt with old and new keys and encrypt with the new one.\n"
+        "# 3. Run `flask --app authgateway tokens reencrypt`.\n"
+        "# 4. Remove the old key from AUTH_GATEWAY_ROTATION_KEYS once `flask keys status` says "
+        "so.",
+        err=True,
+    )
+
+
+def _token() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+main.add_command(keys)
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(init_db)
+    app.cli.add_command(apikeys)
+    app.cli.add_command(providers)
+    app.cli.add_command(serve)
+
+
+@click.command("init-db")
+@click.option("--seed", is_flag=True, help="Also register AUTH_GATEWAY_API_KEY as a stored key.")
+@with_appcontext
+def init_db(seed: bool) -> None:
+    """Apply every migration (the same as `flask db upgrade`); safe to run again."""
+    from flask_migrate import upgrade
+
+    upgrade()
+    click.echo("Database schema is up to date.")
+    if seed:
+        key = current_app.config.get("API_KEY")
+        if not key:
+            raise click.ClickException("--seed needs AUTH_GATEWAY_API_KEY to be set.")
+        if apikeys_module.register_key(apikeys_module.BOOTSTRAP_NAME, key):
+            click.echo(f"Registered AUTH_GATEWAY_API_KEY as the API key "
+                       f"'{apikeys_module.BOOTSTRAP_NAME}'.")
+        else:
+            click.echo("AUTH_GATEWAY_API_KEY is already registered.")
+
+
+@click.group()
+def apikeys() -> None:
+    """API keys for MCP servers."""
+
+
+@apikeys.command("create")
+@click.argument("name")
+@with_appcontext
+def apikeys_create(name: str) -> None:
+    """Create a key; it is shown this once and stored only as a hash."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        key = apikeys_module.create_key(name)
+    except IntegrityError:
+        raise click.ClickException(f"An API key named '{name}' already exists.") from None
+    click.echo(key)
+    click.echo(f"# API key '{name}' created. It is shown only now: store it safely.", err=True)
+
+
+@apikeys.command("list")
+@with_appcontext
+def apikeys_list() -> None:
+    """Name, visible prefix, created, last used, revoked."""
+    rows = apikeys_module.list_keys()
+    if not rows:
+        click.echo("No API keys are stored (AUTH_GATEWAY_API_KEY still works if set).")
+        return
+    click.echo(f"{'NAME':24} {'PREFIX':14} {'CREATED':20} {'LAST USED':20} REVOKED")
+    for row in rows:
+        click.echo(f"{row.name:24} {row.prefix + '…':14} {_when(row.created_at):20} "
+                   f"{_when(row.last_used_at):20} {_when(row.revoked_at)}")
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@apikeys.command("revoke")
+@click.argument("name")
+@with_appcontext
+def apikeys_revoke(name: str) -> None:
+    """Revoke a key; every process refuses it within APIKEY_CACHE_SECONDS."""
+    if not apikeys_module.revoke_key(name):
+        raise click.ClickException(f"No live API key is named '{name}'.")
+    click.echo(f"API key '{name}' revoked.")
+
+
+@click.group()
+def providers() -> None:
+    """OAuth providers."""
+
+
+@providers.command("list")
+@with_appcontext
+def providers_list() -> None:
+    """Installed providers, the plugin behind each, and what is missing to use it."""
+    from .context import gateway
+
+    facade = gateway().providers
+    if not facade.names():
+        click.echo("No provider is installed: pip install authgateway-google (or another).")
+        return
+    for name in facade.names():
+        info, missing = facade.info(name), facade.missing_settings(name)
+        state = "configured" if not missing else "NOT CONFIGURED: set " + ", ".join(missing)
+        click.echo(f"{name:12} {info.display_name:20} plugin={facade.owner(name):28} {state}")
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Default: HOST (127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Default: PORT (8000).")
+@with_appcontext
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the gateway with waitress."""
+    from waitress import serve as waitress_serve
+
+    app = current_app._get_current_object()
+    host = host or app.config["HOST"]
+    port = port or app.config["PORT"]
+    click.echo(f"authgateway serving on http://{host}:{port}", err=True)
+    sys.stderr.flush()
+    waitress_serve(app, host=host, port=port, threads=app.config["THREADS"],
+                   ident="authgateway")

@@ -1,0 +1,156 @@
+"""Settings: defaults, then the environment (the seed's names and ``AUTH_GATEWAY_<NAME>``),
+then a test config. Validation turns a bad setting into one sentence that says how to fix it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .crypto import KeyRing, KeyRingError
+from .errors import ConfigError
+
+PREFIX = "AUTH_GATEWAY_"
+
+#: Variables the seed gateway read without a prefix; they keep working.
+SEED_NAMES = (
+    "DATABASE_URL",
+    "SESSION_EXPIRY_MINUTES",
+    "TOKEN_REFRESH_BUFFER_SECONDS",
+    "HOST",
+    "PORT",
+    "LOG_LEVEL",
+)
+
+DEFAULTS: dict[str, object] = {
+    "DATABASE_URL": None,  # None: instance/authgateway.sqlite
+    "ENCRYPTION_KEY": None,
+    "ROTATION_KEYS": "",
+    "API_KEY": None,
+    "SESSION_EXPIRY_MINUTES": 10,
+    "TOKEN_REFRESH_BUFFER_SECONDS": 300,
+    "PROVIDER_TIMEOUT": 10.0,
+    "APIKEY_CACHE_SECONDS": 5.0,
+    "PUBLIC_URL": None,
+    "HOST": "127.0.0.1",
+    "PORT": 8000,
+    "THREADS": 8,
+    "LOG_LEVEL": "INFO",
+    "LOAD_PLUGINS": True,
+    "BLOCK_PLUGINS": "",
+    "DB_POOL_SIZE": 10,
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+}
+
+
+def env_name(key: str) -> str:
+    """The environment variable an operator sets for a config key."""
+    return key if key in SEED_NAMES else PREFIX + key
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    values = {name: environ[name] for name in SEED_NAMES if name in environ}
+    for name, value in environ.items():
+        if name.startswith(PREFIX):
+            values[name[len(PREFIX):]] = value
+    return values
+
+
+class Settings:
+    """Read access to every setting, including provider ones (``GOOGLE_CLIENT_ID``) that the
+    core does not know in advance: the app config first, then the environment."""
+
+    def __init__(self, config: Mapping[str, object], environ: Mapping[str, str]) -> None:
+        self._config = config
+        self._environ = environ
+
+    def get(self, name: str, default: object = None) -> object:
+        if name in self._config and self._config[name] not in (None, ""):
+            return self._config[name]
+        return self._environ.get(name) or default
+
+
+def database_url(value: object, instance_path: str) -> str:
+    if not value:
+        return "sqlite:///" + str(Path(instance_path) / "authgateway.sqlite")
+    url = str(value)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            "DATABASE_URL is not a URL: use postgresql://user:pass@host/db or sqlite:///path."
+        )
+    # The seed's asyncpg URLs and Heroku-style postgres:// URLs are served by psycopg 3.
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+asyncpg",
+                  "postgresql+psycopg2"):
+        return "postgresql+psycopg://" + rest
+    if scheme in ("sqlite", "sqlite+pysqlite"):
+        return url
+    raise ConfigError(
+        f"DATABASE_URL uses the unsupported scheme '{scheme}': use postgresql:// or sqlite://."
+    )
+
+
+def _number(config: dict, key: str, kind: type, minimum: float, maximum: float | None = None):
+    value = config[key]
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{env_name(key)} must be a number {bound}, not {value!r}.")
+    config[key] = number
+
+
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _names(value: object) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [part.strip() for part in str(value or "").split(",") if part.strip()]
+
+
+def validate(config: dict, instance_path: str) -> KeyRing:
+    """Check and normalise ``config`` in place; return the key ring it describes."""
+    config["SQLALCHEMY_DATABASE_URI"] = database_url(config.get("DATABASE_URL"), instance_path)
+    _number(config, "SESSION_EXPIRY_MINUTES", int, 1, 24 * 60)
+    _number(config, "TOKEN_REFRESH_BUFFER_SECONDS", int, 0, 24 * 3600)
+    _number(config, "PROVIDER_TIMEOUT", float, 0.1, 300)
+    _number(config, "APIKEY_CACHE_SECONDS", float, 0, 300)
+    _number(config, "PORT", int, 1, 65535)
+    _number(config, "THREADS", int, 1, 256)
+    _number(config, "DB_POOL_SIZE", int, 1, 1000)
+    level = str(config["LOG_LEVEL"]).upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(
+            f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {config['LOG_LEVEL']!r}."
+        )
+    config["LOG_LEVEL"] = level
+    config["LOAD_PLUGINS"] = _flag(config["LOAD_PLUGINS"])
+    config["BLOCK_PLUGINS"] = _names(config["BLOCK_PLUGINS"])
+    if config.get("API_KEY") is not None:
+        config["API_KEY"] = str(config["API_KEY"]).strip() or None
+    return key_ring(config)
+
+
+def key_ring(config: Mapping[str, object]) -> KeyRing:
+    primary = str(config.get("ENCRYPTION_KEY") or "").strip()
+    if not primary:
+        raise ConfigError(
+            "AUTH_GATEWAY_ENCRYPTION_KEY is not set: generate one with "
+            "`flask --app authgateway keys generate` and set it in the environment."
+        )
+    try:
+        return KeyRing(primary, _names(config.get("ROTATION_KEYS")))
+    except KeyRingError as exc:
+        raise ConfigError(
+            f"AUTH_GATEWAY_ENCRYPTION_KEY / AUTH_GATEWAY_ROTATION_KEYS: {exc}; generate a key "
+            "with `flask --app authgateway keys generate` and list each key once."
+        ) from exc
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

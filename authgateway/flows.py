@@ -1,0 +1,228 @@
+"""The authorization-code flow: start it for a user, finish it when the provider calls back."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from authlib.common.security import generate_token
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from flask import current_app
+from sqlalchemy import select, update
+
+from . import audit
+from .context import gateway
+from .errors import GatewayError, SessionNotFoundError
+from .extensions import db
+from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
+from .providers import IdentityError, ProviderError, ProviderInfo
+from .tokens import store_credential
+
+log = logging.getLogger(__name__)
+
+STATE_LENGTH = 48  # characters from a 62-letter alphabet: about 285 bits
+VERIFIER_LENGTH = 64
+ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StartedFlow:
+    auth_url: str
+    session_id: str
+    expires_at: datetime
+
+
+class CallbackFailed(Exception):
+    """The callback ends in a failure page with this status, error code and sentence."""
+
+    def __init__(self, status: int, code: str, message: str, provider: ProviderInfo | None = None,
+                 user_email: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.provider, self.user_email = provider, user_email
+
+
+@dataclass(frozen=True)
+class CallbackSucceeded:
+    provider: ProviderInfo
+    user_email: str
+    scopes: list[str]
+
+
+def state_hash(state: str) -> str:
+    return hashlib.sha256(state.encode("utf-8")).hexdigest()
+
+
+def requested_scopes(info: ProviderInfo, scopes: list[str] | None) -> list[str]:
+    """The identity scopes first (the gateway must see who signs in), then the caller's."""
+    wanted = [*info.identity_scopes, *(scopes if scopes else info.default_scopes)]
+    return list(dict.fromkeys(wanted))
+
+
+def start_flow(provider: str, user_email: str, scopes: list[str] | None,
+               api_key_name: str | None) -> StartedFlow:
+    gw = gateway()
+    info = gw.providers.info(provider)
+    gw.providers.config(provider)  # 503 before anything is stored when it is not configured
+    state = generate_token(STATE_LENGTH)
+    verifier = generate_token(VERIFIER_LENGTH)
+    all_scopes = requested_scopes(info, scopes)
+    auth_url = gw.providers.authorization_url(
+        provider,
+        state=state,
+        code_challenge=create_s256_code_challenge(verifier),
+        scopes=all_scopes,
+        login_hint=user_email,
+    )
+    expires_at = utcnow() + timedelta(minutes=current_app.config["SESSION_EXPIRY_MINUTES"])
+    session = AuthSession(
+        id=str(uuid.uuid4()),
+        state_hash=state_hash(state),
+        code_verifier_encrypted=gw.keyring.encrypt(verifier),
+        key_id=gw.keyring.primary_id,
+        user_email=user_email,
+        provider=provider,
+        scopes=" ".join(all_scopes),
+        status=PENDING,
+        api_key_name=api_key_name,
+        expires_at=expires_at,
+    )
+    db.session.add(session)
+    audit.record("flow_started", actor=api_key_name, user_email=user_email, provider=provider)
+    db.session.commit()
+    return StartedFlow(auth_url=auth_url, session_id=session.id, expires_at=expires_at)
+
+
+def session_status(session_id: str) -> dict:
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        raise SessionNotFoundError() from None
+    session = db.session.get(AuthSession, session_id)
+    if session is None:
+        raise SessionNotFoundError()
+    answer = {"session_id": session.id, "user_email": session.user_email,
+              "provider": session.provider}
+    if session.status == PENDING and session.expires_at <= utcnow():
+        answer.update(status=FAILED, error="expired")
+    elif session.status == PENDING:
+        answer.update(status=PENDING, expires_at=session.expires_at)
+    elif session.status == FAILED:
+        answer.update(status=FAILED, error=session.error)
+    else:
+        answer.update(status=COMPLETED)
+    return answer
+
+
+def finish_callback(provider: str, args) -> CallbackSucceeded:
+    """Check the callback in the order RFC 9700 and RFC 9207 ask, then store the credential."""
+    gw = gateway()
+    try:
+        info = gw.providers.info(provider)
+    except GatewayError:
+        raise CallbackFailed(404, "unsupported_provider", "This provider is not known here.")
+    state = args.get("state")
+    if not state:
+        raise CallbackFailed(400, "invalid_request", "The provider's answer carried no state.",
+                             info)
+    session = db.session.scalar(select(AuthSession).where(AuthSession.state_hash ==
+                                                          state_hash(state)))
+    if session is None:
+        raise CallbackFailed(404, "session_not_found",
+                             "This sign-in link is unknown or was already used.", info)
+    if session.provider != provider:
+        raise CallbackFailed(400, "invalid_request",
+                             "This sign-in was started for another provider.", info)
+    if session.status != PENDING or session.consumed_at is not None:
+        raise CallbackFailed(400, "state_already_used",
+                             "This sign-in link was already used; start again.", info,
+                             session.user_email)
+    if session.expires_at <= utcnow():
+        _fail(session, "expired")
+        raise CallbackFailed(410, "expired", "This sign-in link has expired; start again.", info,
+                             session.user_email)
+    if not _claim(session):
+        raise CallbackFailed(400, "state_already_used",
+                             "This sign-in link was already used; start again.", info,
+                             session.user_email)
+    _check_issuer(session, info, args.get("iss"))
+
+    if args.get("error"):
+        code = args["error"] if ERROR_CODE.match(args["error"]) else "provider_error"
+        _fail(session, code)
+        raise CallbackFailed(400, code, f"{info.display_name} did not grant access.", info,
+                             session.user_email)
+    code = args.get("code")
+    if not code:
+        _fail(session, "invalid_request")
+        raise CallbackFailed(400, "invalid_request", "The provider's answer carried no code.",
+                             info, session.user_email)
+
+    verifier = gw.keyring.decrypt(session.code_verifier_encrypted, session.key_id)
+    try:
+        tokens = gw.providers.exchange_code(provider, code=code, code_verifier=verifier)
+        identity = gw.providers.identity(provider, tokens=tokens)
+    except IdentityError as exc:
+        log.warning("identity check failed for session %s: %s", session.id, exc)
+        _fail(session, "identity_unverified")
+        raise CallbackFailed(502, "identity_unverified",
+                             f"{info.display_name} did not confirm which account signed in.",
+                             info, session.user_email) from None
+    except ProviderError as exc:
+        log.warning("code exchange failed for session %s: %s (%s)", session.id, exc, exc.code)
+        _fail(session, "exchange_failed")
+        raise CallbackFailed(502, "exchange_failed",
+                             f"{info.display_name} did not complete the sign-in; start again.",
+                             info, session.user_email) from None
+
+    if not identity.email_verified or (identity.email or "").strip().lower() != session.user_email:
+        _fail(session, "email_mismatch")
+        raise CallbackFailed(403, "email_mismatch",
+                             "You signed in with a different account than the one this "
+                             "connection was started for. Nothing was stored.", info,
+                             session.user_email)
+
+    granted = store_credential(session.user_email, provider, identity.subject, tokens,
+                               requested=session.scopes.split())
+    session.status = COMPLETED
+    session.completed_at = utcnow()
+    audit.record("flow_completed", actor=session.api_key_name, user_email=session.user_email,
+                 provider=provider)
+    db.session.commit()
+    return CallbackSucceeded(provider=info, user_email=session.user_email, scopes=granted)
+
+
+def _claim(session: AuthSession) -> bool:
+    """Mark the state used, atomically: of two concurrent callbacks only one goes on."""
+    result = db.session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session.id, AuthSession.consumed_at.is_(None))
+        .values(consumed_at=utcnow())
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def _check_issuer(session: AuthSession, info: ProviderInfo, iss: str | None) -> None:
+    # RFC 9207 section 2.4: simple string comparison, for error callbacks too.
+    if info.issuer is None:
+        return
+    if iss is None and not info.requires_iss_parameter:
+        return
+    if iss != info.issuer:
+        _fail(session, "iss_mismatch")
+        raise CallbackFailed(400, "iss_mismatch",
+                             "The answer did not come from the expected provider.", info,
+                             session.user_email)
+
+
+def _fail(session: AuthSession, code: str) -> None:
+    session.status = FAILED
+    session.error = code
+    audit.record("flow_failed", actor=session.api_key_name, user_email=session.user_email,
+                 provider=session.provider, outcome=code)
+    db.session.commit()

@@ -1,0 +1,67 @@
+"""The provider contract. A plugin implements some of these with ``@authgateway.hookimpl``.
+
+Every operation hook is ``firstresult``: the first plugin that returns something other than
+``None`` answers, and the core's default plugin (registered ``trylast``) answers for any standard
+OAuth 2.0 / OIDC provider. A plugin returns ``None`` for providers that are not its own.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .providers import Identity, ProviderConfig, ProviderInfo, TokenSet
+
+hookspec = pluggy.HookspecMarker("authgateway")
+hookimpl = pluggy.HookimplMarker("authgateway")
+
+
+@hookspec
+def authgateway_register_providers(settings) -> list[ProviderInfo]:
+    """Return the providers this plugin offers.
+
+    ``settings.get(NAME, default)`` reads a setting (the app's config, then the environment),
+    so endpoints can be overridden by configuration.
+    """
+
+
+@hookspec(firstresult=True)
+def authgateway_authorization_url(
+    provider: ProviderInfo,
+    config: ProviderConfig,
+    state: str,
+    code_challenge: str,
+    scopes: list[str],
+    login_hint: str | None,
+) -> str | None:
+    """Return the URL that sends the person to the provider to consent (PKCE S256)."""
+
+
+@hookspec(firstresult=True)
+def authgateway_exchange_code(
+    provider: ProviderInfo, config: ProviderConfig, code: str, code_verifier: str
+) -> TokenSet | None:
+    """Exchange an authorization code; raise a ``ProviderError`` subclass on failure."""
+
+
+@hookspec(firstresult=True)
+def authgateway_refresh_token(
+    provider: ProviderInfo, config: ProviderConfig, refresh_token: str
+) -> TokenSet | None:
+    """Use a refresh token; raise ``InvalidGrant`` when the grant is dead,
+    ``ProviderUnavailable`` when the failure is transient."""
+
+
+@hookspec(firstresult=True)
+def authgateway_revoke_token(
+    provider: ProviderInfo, config: ProviderConfig, token: str, token_type_hint: str
+) -> bool | None:
+    """Revoke a token at the provider (RFC 7009). Return True when the provider confirmed it,
+    False when it could not be reached or has no revocation endpoint."""
+
+
+@hookspec(firstresult=True)
+def authgateway_fetch_identity(
+    provider: ProviderInfo, config: ProviderConfig, tokens: TokenSet
+) -> Identity | None:
+    """Return who signed in (a verified id_token, else userinfo); raise ``IdentityError``
+    when it cannot be established."""

@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 description of API.md, served at /openapi.json."""
+
+from __future__ import annotations
+
+ERROR_CODES = [
+    "invalid_request", "unsupported_provider", "provider_not_configured", "missing_api_key",
+    "invalid_api_key", "not_found", "method_not_allowed", "session_not_found",
+    "not_authenticated", "refresh_failed", "provider_unavailable", "provider_misconfigured",
+    "decryption_failed", "rate_limited", "internal_error",
+]
+
+TIME = {"type": "string", "format": "date-time"}
+EMAIL = {"type": "string", "maxLength": 320, "description": "Compared case-insensitively."}
+PROVIDER = {"type": "string", "description": "An installed provider, e.g. google."}
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema_name: str, description: str = "OK") -> dict:
+    return {"description": description, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+
+
+def _body(schema_name: str) -> dict:
+    return {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+
+
+AUTH_ERRORS = {
+    "401": _error("missing_api_key"),
+    "403": _error("invalid_api_key"),
+}
+
+
+def openapi_document(version: str) -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "authgateway", "version": version,
+                 "description": "OAuth token gateway for MCP servers."},
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "paths": {
+            "/auth/init": {"post": {
+                "summary": "Start an OAuth flow for a user",
+                "requestBody": _body("InitRequest"),
+                "responses": {"200": _json("InitResponse"),
+                              "400": _error("invalid_request or unsupported_provider"),
+                              "413": _error("invalid_request: body over 64 KiB"),
+                              "503": _error("provider_not_configured"), **AUTH_ERRORS},
+            }},
+            "/auth/callback/{provider}": {"get": {
+                "summary": "Where the provider sends the person back (an HTML page)",
+                "security": [],
+                "parameters": [
+                    {"name": "provider", "in": "path", "required": True, "schema": PROVIDER},
+                    *({"name": name, "in": "query", "required": False,
+                       "schema": {"type": "string"}}
+                      for name in ("code", "state", "iss", "error", "error_description")),
+                ],
+                "responses": {status: {"description": text,
+                                       "content": {"text/html": {"schema": {"type": "string"}}}}
+                              for status, text in (
+                                  ("200", "Connected"), ("400", "Refused or invalid"),
+                                  ("403", "email_mismatch"), ("404", "Unknown state"),
+                                  ("410", "Expired"), ("500", "decryption_failed"),
+                                  ("502", "The code exchange failed"))},
+            }},
+            "/auth/status/{session_id}": {"get": {
+                "summary": "Poll a flow",
+                "parameters": [{"name": "session_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": _json("StatusResponse"),
+                              "404": _error("session_not_found"), **AUTH_ERRORS},
+            }},
+            "/auth/token": {"post": {
+                "summary": "A valid access token for a user",
+                "requestBody": _body("TokenRequest"),
+                "responses": {"200": _json("TokenResponse"),
+                              "400": _error("invalid_request or unsupported_provider"),
+                              "404": _error("not_authenticated"),
+                              "401": _error("refresh_failed, or missing_api_key"),
+                              "403": _error("invalid_api_key"),
+                              "413": _error("invalid_request: body over 64 KiB"),
+                              "500": _error("decryption_failed"),
+                              "502": _error("provider_unavailable or provider_misconfigured"),
+                              "503": _error("provider_not_configured")},
+            }},
+            "/auth/providers/{user_email}": {"get": {
+                "summary": "What a user has connected",
+                "parameters": [{"name": "user_email", "in": "path", "required": True,
+                                "schema": EMAIL}],
+                "responses": {"200": _json("ProvidersResponse"),
+                              "400": _error("invalid_request"), **AUTH_ERRORS},
+            }},
+            "/auth/revoke": {"delete": {
+                "summary": "Revoke at the provider and forget a user's credential",
+                "requestBody": _body("RevokeRequest"),
+                "responses": {"200": _json("RevokeResponse"),
+                              "400": _error("invalid_request or unsupported_provider"),
+                              "404": _error("not_authenticated"),
+                              "413": _error("invalid_request: body over 64 KiB"),
+                              "503": _error("provider_not_configured"), **AUTH_ERRORS},
+            }},
+            "/health": {"get": {
+                "summary": "Health for load balancers", "security": [],
+                "responses": {"200": _json("Health"), "503": _json("Health", "Degraded")},
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": SCHEMAS,
+        },
+    }
+
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {
+        "type": "object", "required": ["error", "message", "auth_required"],
+        "properties": {"error": {"type": "string", "enum": ERROR_CODES},
+                       "message": {"type": "string"},
+                       "auth_required": {"type": "boolean"}}}}},
+    "InitRequest": {"type": "object", "required": ["provider", "user_email"], "properties": {
+        "provider": PROVIDER, "user_email": EMAIL,
+        "scopes": {"type": "array", "items": {"type": "string"}, "maxItems": 100}}},
+    "InitResponse": {"type": "object", "required": ["auth_url", "session_id", "expires_at"],
+                     "properties": {"auth_url": {"type": "string", "format": "uri"},
+                                    "session_id": {"type": "string", "format": "uuid"},
+                                    "expires_at": TIME}},
+    "StatusResponse": {"type": "object", "required": ["status", "session_id", "user_email",
+                                                      "provider"], "properties": {
+        "status": {"type": "string", "enum": ["pending", "completed", "failed"]},
+        "session_id": {"type": "string"}, "user_email": EMAIL, "provider": PROVIDER,
+        "expires_at": TIME, "error": {"type": "string"}}},
+    "TokenRequest": {"type": "object", "required": ["provider", "user_email"], "properties": {
+        "provider": PROVIDER, "user_email": EMAIL,
+        "min_valid_seconds": {"type": "number", "minimum": 0, "maximum": 86400,
+                              "default": 300},
+        "force_refresh": {"type": "boolean", "default": False}}},
+    "TokenResponse": {"type": "object", "required": ["access_token", "token_type", "expires_at",
+                                                     "scopes"], "properties": {
+        "access_token": {"type": "string"}, "token_type": {"type": "string", "const": "Bearer"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"},
+        "scopes": {"type": "array", "items": {"type": "string"}}}},
+    "ProvidersResponse": {"type": "object", "required": ["user_email", "providers"],
+                          "properties": {"user_email": EMAIL, "providers": {
+                              "type": "array", "items": {
+                                  "type": "object",
+                                  "required": ["provider", "scopes", "status"],
+                                  "properties": {
+                                      "provider": PROVIDER,
+                                      "scopes": {"type": "array", "items": {"type": "string"}},
+                                      "status": {"type": "string",
+                                                 "enum": ["active", "needs_reauth"]},
+                                      "authenticated_at": TIME,
+                                      "token_expires_at": {"type": ["string", "null"],
+                                                           "format": "date-time"}}}}}},
+    "RevokeRequest": {"type": "object", "required": ["provider", "user_email"],
+                      "properties": {"provider": PROVIDER, "user_email": EMAIL}},
+    "RevokeResponse": {"type": "object", "required": ["success", "message", "provider_revoked"],
+                       "properties": {"success": {"type": "boolean"},
+                                      "message": {"type": "string"},
+                                      "provider_revoked": {"type": "boolean"}}},
+    "Health": {"type": "object", "required": ["status", "database", "encryption", "version"],
+               "properties": {"status": {"type": "string", "enum": ["healthy", "degraded"]},
+                              "database": {"type": "string"}, "encryption": {"type": "string"},
+                              "version": {"type": "string"}}},
+}

@@ -1,0 +1,72 @@
+"""Database engine behaviour both backends need, and the row lock the refresh path relies on."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, event
+
+from .extensions import db
+
+
+def engine_options(url: str, pool_size: int) -> dict:
+    if url.startswith("sqlite"):
+        # Waits for SQLite's write lock instead of failing at once while another writer holds it.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+
+
+def configure_engine(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    # pysqlite's own transaction handling never emits BEGIN before a SELECT and cannot emit
+    # BEGIN IMMEDIATE; SQLAlchemy's documented recipe hands transactions back to us.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_process_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(key: object) -> threading.Lock:
+    with _process_locks_guard:
+        lock = _process_locks.get(key)
+        if lock is None:
+            lock = threading.Lock()
+            _process_locks[key] = lock
+        return lock
+
+
+@contextmanager
+def locked_transaction(key: object) -> Iterator[Connection]:
+    """A transaction in which ``SELECT ... FOR UPDATE`` on the row named by ``key`` serialises
+    every writer of that row, across threads and processes.
+
+    PostgreSQL locks the row itself. SQLite has no row locks: a per-key lock keeps this
+    process's threads in line without spinning, and BEGIN IMMEDIATE takes the database's write
+    lock, which serialises other processes too.
+    """
+    engine = db.engine
+    if engine.dialect.name == "sqlite":
+        with _process_lock(key), engine.connect() as connection:
+            connection.execution_options(sqlite_immediate=True)
+            with connection.begin():
+                yield connection
+    else:
+        with engine.begin() as connection:
+            yield connection

@@ -1,0 +1,163 @@
+"""Fixtures in the Flask tutorial's shape (app, client, runner), run on SQLite and PostgreSQL,
+with a fake Google served over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy import delete
+
+import authgateway_google
+from authgateway import create_app
+from authgateway.extensions import db
+from tests.fakes import FakeGoogle
+
+ENCRYPTION_KEY = Fernet.generate_key().decode()
+API_KEY = "test-bootstrap-api-key"
+HEADERS = {"X-API-Key": API_KEY}
+CALLBACK_PATH = "/auth/callback/google"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test run, dropped at the end. Required in CI."""
+    base = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
+    try:
+        admin = psycopg.connect(base, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL is required in CI and unreachable at {base}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {base} (set TEST_DATABASE_URL): {exc}")
+    name = f"authgateway_test_{os.getpid()}"
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield urlsplit(base)._replace(path="/" + name).geturl()
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory) -> str:
+    """Each backend once per run, migrated with `flask db upgrade`'s own code."""
+    if request.param == "sqlite":
+        url = "sqlite:///" + str(tmp_path_factory.mktemp("sqlite") / "gateway.sqlite")
+    else:
+        url = request.getfixturevalue("postgres_url")
+    app = create_app(base_config(url))
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def base_config(database_url: str, **overrides) -> dict:
+    config = {
+        "DATABASE_URL": database_url,
+        "ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "API_KEY": API_KEY,
+        "LOAD_PLUGINS": False,
+        "PLUGINS": [authgateway_google],
+        "PROVIDER_TIMEOUT": 2,
+        "APIKEY_CACHE_SECONDS": 1,
+        "LOG_LEVEL": "DEBUG",
+    }
+    config.update(overrides)
+    return config
+
+
+def empty_tables() -> None:
+    for table in reversed(db.metadata.sorted_tables):
+        db.session.execute(delete(table))
+    db.session.commit()
+
+
+@pytest.fixture
+def google() -> Iterator[FakeGoogle]:
+    with FakeGoogle() as fake:
+        yield fake
+
+
+@pytest.fixture
+def make_app(database_url, google):
+    """Build an app on this test's backend, pointed at the fake Google; tables start empty."""
+    apps = []
+
+    def make(redirect_uri: str = "http://localhost" + CALLBACK_PATH, **overrides):
+        config = base_config(database_url, **google.settings(), GOOGLE_REDIRECT_URI=redirect_uri)
+        config.update(overrides)
+        app = create_app(config)
+        google.redirect_uris = [redirect_uri]
+        with app.app_context():
+            empty_tables()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class LiveGateway:
+    """The gateway served by waitress on a free loopback port, as MCP servers reach it."""
+
+    def __init__(self, url: str, app) -> None:
+        self.url, self.app = url, app
+        self.http = requests.Session()
+        self.http.headers.update(HEADERS)
+
+    def get(self, path, **kw):
+        return self.http.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path, **kw):
+        return self.http.post(self.url + path, timeout=30, **kw)
+
+    def delete(self, path, **kw):
+        return self.http.delete(self.url + path, timeout=10, **kw)
+
+
+@pytest.fixture
+def live(make_app) -> Iterator[LiveGateway]:
+    from waitress.server import create_server
+
+    holder = {}
+    # The redirect URI names the port, so the server binds first and the app comes second.
+    server = create_server(lambda environ, start: holder["app"](environ, start),
+                           host="127.0.0.1", port=0, threads=8)
+    url = f"http://127.0.0.1:{server.effective_port}"
+    holder["app"] = make_app(redirect_uri=url + CALLBACK_PATH)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield LiveGateway(url, holder["app"])
+    server.close()
+    thread.join(timeout=5)
