@@ -77,7 +77,19 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(init_db)
     app.cli.add_command(apikeys)
     app.cli.add_command(providers)
+    app.cli.add_command(tokens)
+    app.cli.add_command(sessions)
     app.cli.add_command(serve)
+
+
+@click.group()
+def tokens() -> None:
+    """Stored credentials: keep them warm, move them to a new key."""
+
+
+@click.group()
+def sessions() -> None:
+    """Authorization flows (auth_sessions)."""
 
 
 @click.command("init-db")
