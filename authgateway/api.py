@@ -73,7 +73,7 @@ def _page(outcome: str, status: int, **context):
     return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
 
-@auth.get("/status/<session_id>")
+@auth.get("/status/<path:session_id>")
 def status(session_id: str):
     answer = flows.session_status(session_id)
     if "expires_at" in answer:

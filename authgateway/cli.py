@@ -64,6 +64,17 @@ def keys_generate(rotate: bool) -> None:
     )
 
 
+@keys.command("status")
+@with_appcontext
+def keys_status() -> None:
+    """Rows per key id, which configured key each is, and when an old key can be removed."""
+    from . import rotation
+    from .context import gateway
+
+    for line in rotation.describe_status(rotation.key_status(gateway().keyring)):
+        click.echo(line)
+
+
 def _token() -> str:
     import secrets
 
@@ -74,6 +85,7 @@ main.add_command(keys)
 
 
 def register_commands(app: Flask) -> None:
+    app.cli.add_command(keys)
     app.cli.add_command(init_db)
     app.cli.add_command(apikeys)
     app.cli.add_command(providers)
@@ -87,9 +99,45 @@ def tokens() -> None:
     """Stored credentials: keep them warm, move them to a new key."""
 
 
+@tokens.command("reencrypt")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count the rows to move; write nothing.")
+@with_appcontext
+def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
+    """Move every credential and pending session to the primary key, in short locked
+    transactions: safe while serving, safe to kill and run again."""
+    from . import rotation
+    from .context import gateway
+
+    keyring = gateway().keyring
+    counts = rotation.count_to_move(keyring)
+    if dry_run:
+        click.echo("\n".join(rotation.describe_dry_run(keyring, counts)))
+        return
+    summary = rotation.Summary(keyring.primary_id)
+    total = sum(n for per_key in counts.values() for n in per_key.values())
+    with click.progressbar(length=total, label="Re-encrypting", file=sys.stderr) as bar:
+        for batch in rotation.reencrypt(keyring, batch_size):
+            summary.add(batch)
+            bar.update(batch.seen)
+    click.echo("\n".join(summary.lines()))
+    if summary.failed_count:
+        raise click.ClickException(f"{summary.failed_count} rows could not be decrypted.")
+
+
 @click.group()
 def sessions() -> None:
     """Authorization flows (auth_sessions)."""
+
+
+@sessions.command("purge")
+@with_appcontext
+def sessions_purge() -> None:
+    """Delete flows that expired more than a day ago."""
+    from . import rotation
+
+    click.echo(f"Purged {rotation.purge_sessions()} flows that expired more than a day ago.")
 
 
 @click.command("init-db")

@@ -7,9 +7,14 @@ carry a token, a secret or an upstream response body.
 
 from __future__ import annotations
 
+import click
 
-class ConfigError(Exception):
-    """A setting is missing or wrong: startup stops with this one-sentence message."""
+
+class ConfigError(click.ClickException):
+    """A setting is missing or wrong: startup stops with this one-sentence message.
+
+    A ClickException, so the `flask` and `authgateway` commands print the sentence alone,
+    without a traceback, and exit with status 1."""
 
 
 class GatewayError(Exception):

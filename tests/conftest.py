@@ -156,8 +156,20 @@ def live(make_app) -> Iterator[LiveGateway]:
                            host="127.0.0.1", port=0, threads=8)
     url = f"http://127.0.0.1:{server.effective_port}"
     holder["app"] = make_app(redirect_uri=url + CALLBACK_PATH)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stopping = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        except (OSError, ValueError):
+            # waitress has no cross-thread stop: closing the socket under its select loop
+            # ends the loop with EBADF, which is the expected way out here.
+            if not stopping.is_set():
+                raise
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield LiveGateway(url, holder["app"])
+    stopping.set()
     server.close()
     thread.join(timeout=5)
