@@ -19,8 +19,9 @@ ENDPOINTS = {
 def authgateway_register_providers(settings) -> list[ProviderInfo]:
     urls = {key: settings.get(f"GOOGLE_{key}", default) for key, default in ENDPOINTS.items()}
     issuer = settings.get("GOOGLE_ISSUER", ISSUER)
-    # Google's id_tokens name the issuer with or without the scheme.
-    id_token_issuers = (issuer, "accounts.google.com") if issuer == ISSUER else (issuer,)
+    # Google's id_tokens name the issuer with or without the scheme. The signature, checked
+    # against the configured JWKS, is what the trust rests on; the configured issuer comes first.
+    id_token_issuers = tuple(dict.fromkeys((issuer, ISSUER, "accounts.google.com")))
     return [
         ProviderInfo(
             name="google",

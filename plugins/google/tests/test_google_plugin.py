@@ -48,7 +48,8 @@ def test_every_endpoint_is_overridable(tmp_path):
     info = info.extensions["authgateway"].providers.info("google")
     assert info.token_url == "http://127.0.0.1:9/token_url"
     assert info.userinfo_url == "http://127.0.0.1:9/userinfo_url"
-    assert info.accepted_id_token_issuers == ("http://127.0.0.1:9",)
+    assert info.issuer == "http://127.0.0.1:9"
+    assert info.accepted_id_token_issuers[0] == "http://127.0.0.1:9"
 
 
 def test_the_authorize_url_carries_googles_parameters(tmp_path):
