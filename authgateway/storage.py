@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Iterator
@@ -12,11 +13,14 @@ from sqlalchemy import Connection, Engine, event
 from .extensions import db
 
 
-def engine_options(url: str, pool_size: int) -> dict:
+def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) -> dict:
     if url.startswith("sqlite"):
         # Waits for SQLite's write lock instead of failing at once while another writer holds it.
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    # psycopg prepares a statement on the server after ``prepare_threshold`` executions; None
+    # turns that off, which PgBouncer in transaction mode before 1.21 needs (docs/scale-out.md).
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True,
+            "connect_args": {"prepare_threshold": prepare_threshold}}
 
 
 def configure_engine(engine: Engine) -> None:
@@ -35,8 +39,22 @@ def configure_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("sqlite_immediate")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if connection.get_execution_options().get("sqlite_immediate"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Any other transaction begins at its first write, with the write lock. A plain BEGIN
+    # would pin a read snapshot at the first SELECT, and once another connection commits (a
+    # refresh, the audit flush) that transaction can never write: SQLite fails it at once with
+    # "database is locked", without waiting. So reads before the first write each see the
+    # latest commit, as in PostgreSQL's READ COMMITTED, and writers queue on the write lock.
+    @event.listens_for(engine, "before_cursor_execute")
+    def _lock_before_first_write(_conn, cursor, statement, *_args) -> None:
+        if not cursor.connection.in_transaction and _WRITE.match(statement):
+            cursor.connection.execute("BEGIN IMMEDIATE")
+
+
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|SAVEPOINT)\b",
+                    re.IGNORECASE)
 
 
 _process_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

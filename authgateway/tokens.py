@@ -4,15 +4,18 @@ lock), list them, revoke them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Row, delete, select, update
 
-from . import audit
+from . import audit, metrics
 from .context import gateway
 from .errors import (
     DecryptionFailedError,
+    GatewayError,
     NotAuthenticatedError,
     ProviderMisconfiguredError,
     ProviderUnavailableError,
@@ -21,6 +24,7 @@ from .errors import (
 from .extensions import db
 from .models import ACTIVE, NEEDS_REAUTH, Credential, utcnow
 from .providers import InvalidGrant, ProviderMisconfigured, ProviderUnavailable, TokenSet
+from .providers.oauth2 import MISCONFIGURATION_ERRORS
 from .storage import locked_transaction
 
 log = logging.getLogger(__name__)
@@ -79,61 +83,105 @@ def get_token(user_email: str, provider: str, *, min_valid_seconds: float,
     if row.status == NEEDS_REAUTH:
         raise RefreshFailedError()
     if not force_refresh and _valid_for(row, min_valid_seconds):
-        return _answer(row)
-    return _refresh(row, min_valid_seconds, force_refresh)
+        answer, how = _answer(row), "cached"
+    else:
+        answer, how = _refresh(row, min_valid_seconds, force_refresh)
+    metrics.token_answered(provider, how)
+    return answer
 
 
-def _refresh(seen: Row, min_valid_seconds: float, force_refresh: bool) -> AccessToken:
-    gw = gateway()
+def _refresh(seen: Row, min_valid_seconds: float,
+             force_refresh: bool) -> tuple[AccessToken, str]:
+    """Refresh ``seen`` (read without the lock) under its row lock. Returns the token and how it
+    was obtained: ``refreshed`` (asked the provider), ``fresh`` (another worker's new token) or
+    ``failed`` (the refresh failed transiently; this is the stored token, still valid)."""
     with locked_transaction(("credential", seen.id)) as connection:
-        row = _read(connection, seen.user_email, seen.provider, lock=True)
-        if row is None:
-            raise NotAuthenticatedError()
-        if row.status == NEEDS_REAUTH:
-            raise RefreshFailedError()
-        # Another worker refreshed while we waited for the lock: use its token.
-        refreshed_meanwhile = row.access_token_encrypted != seen.access_token_encrypted
-        if _valid_for(row, min_valid_seconds) and (refreshed_meanwhile or not force_refresh):
-            return _answer(row)
-        if row.refresh_token_encrypted is None:
-            if _valid_for(row, 0) and not force_refresh:
-                return _answer(row)
-            _mark_needs_reauth(connection, row, "no_refresh_token")
-            raise RefreshFailedError()
-        refresh_token = _decrypt(row, "refresh_token_encrypted")
-        try:
-            tokens = gw.providers.refresh(row.provider, refresh_token=refresh_token)
-        except InvalidGrant as exc:
-            # We hold the lock and read this refresh token under it, so it is the current one:
-            # the grant is really dead, not superseded by someone else's rotation.
-            _mark_needs_reauth(connection, row, exc.code or "invalid_grant")
-            raise RefreshFailedError() from None
-        except ProviderUnavailable as exc:
-            _record_failure(connection, row, exc.code or "unavailable")
-            log.warning("refresh of credential %s at %s failed transiently: %s", row.id,
-                        row.provider, exc)
-            if _valid_for(row, 0) and not force_refresh:
-                return _answer(row)
-            raise ProviderUnavailableError() from None
-        except ProviderMisconfigured as exc:
-            _record_failure(connection, row, exc.code or "misconfigured")
-            log.error("OPERATOR ACTION NEEDED: %s rejected the gateway's client credentials "
-                      "(%s); check %s_CLIENT_ID and %s_CLIENT_SECRET", row.provider, exc.code,
-                      row.provider.upper(), row.provider.upper())
-            raise ProviderMisconfiguredError() from None
-        values = _token_values(tokens, refresh_token_fallback=refresh_token,
-                               scopes_fallback=row.scopes.split())
-        now = utcnow()
-        connection.execute(
-            update(credentials).where(credentials.c.id == row.id).values(
-                **values, last_refreshed_at=now, refresh_failures=0, last_error=None,
-                last_error_at=None, updated_at=now,
-            )
+        outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh)
+    # Raised only now, after the commit: a needs_reauth mark and the failure bookkeeping must
+    # outlive the error they explain, not be rolled back with it.
+    if isinstance(outcome, GatewayError):
+        raise outcome
+    return outcome
+
+
+def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
+                    force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
+    row = _read(connection, seen.user_email, seen.provider, lock=True)
+    if row is None:
+        raise NotAuthenticatedError()
+    if row.status == NEEDS_REAUTH:
+        raise RefreshFailedError()
+    # Another worker refreshed (or the user re-authorized) while we waited: use its token, even
+    # when it is valid for less than asked (a provider's lifetime shorter than the buffer):
+    # it is as fresh as the provider makes them. Compared by time, not ciphertext:
+    # re-encryption under a new key is not a new token.
+    renewed = (row.last_refreshed_at, row.authenticated_at) != (seen.last_refreshed_at,
+                                                                seen.authenticated_at)
+    if (renewed and _valid_for(row, 0)) or (
+            not force_refresh and _valid_for(row, min_valid_seconds)):
+        return _answer(row), "fresh"
+    if row.last_error_at is not None and row.last_error_at != seen.last_error_at:
+        # Another worker's attempt failed while we waited for the lock. Share its outcome, as
+        # we would share its token: one upstream call per wave of callers, so a failing provider
+        # is not hit once per waiter and nobody waits for one timeout per caller ahead of it.
+        if _is_misconfiguration(row.last_error):
+            return ProviderMisconfiguredError()
+        return _transient_failure(row, force_refresh)
+    if row.refresh_token_encrypted is None:
+        if _valid_for(row, 0) and not force_refresh:
+            return _answer(row), "failed"
+        _mark_needs_reauth(connection, row, "no_refresh_token")
+        return RefreshFailedError()
+    refresh_token = _decrypt(row, "refresh_token_encrypted")
+    try:
+        tokens = gateway().providers.refresh(row.provider, refresh_token=refresh_token)
+    except InvalidGrant as exc:
+        if _mark_needs_reauth(connection, row, exc.code or "invalid_grant"):
+            return RefreshFailedError()
+        # The stored grant is no longer the one that was refused: not ours to drop.
+        return ProviderUnavailableError()
+    except ProviderUnavailable as exc:
+        _record_failure(connection, row, exc.code or "unavailable")
+        log.warning("refresh of credential %s at %s failed transiently: %s", row.id,
+                    row.provider, exc)
+        return _transient_failure(row, force_refresh)
+    except ProviderMisconfigured as exc:
+        _record_failure(connection, row, exc.code or "misconfigured")
+        log.error("OPERATOR ACTION NEEDED: %s rejected the gateway's client credentials "
+                  "(%s); check %s_CLIENT_ID and %s_CLIENT_SECRET", row.provider, exc.code,
+                  row.provider.upper(), row.provider.upper())
+        return ProviderMisconfiguredError()
+    values = _token_values(tokens, refresh_token_fallback=refresh_token,
+                           scopes_fallback=row.scopes.split())
+    now = utcnow()
+    # The rotated refresh token (if any) lands in this same write: the old one is never sent
+    # again, since every refresh reads the refresh token under this lock.
+    connection.execute(
+        update(credentials).where(credentials.c.id == row.id).values(
+            **values, last_refreshed_at=now, refresh_failures=0, last_error=None,
+            last_error_at=None, updated_at=now,
         )
-        audit.record("token_refreshed", actor=None, user_email=row.user_email,
-                     provider=row.provider, connection=connection)
-    return AccessToken(access_token=tokens.access_token, token_type="Bearer",
-                       expires_at=values["expires_at"], scopes=values["scopes"].split())
+    )
+    audit.record("token_refreshed", actor=None, user_email=row.user_email,
+                 provider=row.provider, connection=connection)
+    answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
+                         expires_at=values["expires_at"], scopes=values["scopes"].split())
+    return answer, "refreshed"
+
+
+def _transient_failure(row: Row, force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
+    """A token that is still valid beats an error, unless the caller said it is bad."""
+    if _valid_for(row, 0) and not force_refresh:
+        return _answer(row), "failed"
+    return ProviderUnavailableError()
+
+
+def _is_misconfiguration(code: str | None) -> bool:
+    """Whether a recorded failure code is one ProviderMisconfigured carries (a client error
+    other than invalid_grant and 429)."""
+    return code in MISCONFIGURATION_ERRORS or code == "misconfigured" or (
+        code is not None and code.startswith("http_4") and code != "http_429"
+    )
 
 
 def _token_values(tokens: TokenSet, *, refresh_token_fallback: str | None,
@@ -155,24 +203,34 @@ def _token_values(tokens: TokenSet, *, refresh_token_fallback: str | None,
     }
 
 
-def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> None:
+def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
+    """Drop the tokens of a dead grant. The update is conditional on the refresh token we read
+    (the re-read that confirms it did not change under us): a grant stored meanwhile is not the
+    one that was refused. Returns whether the credential was marked."""
     now = utcnow()
-    connection.execute(
-        update(credentials).where(credentials.c.id == row.id).values(
+    marked = connection.execute(
+        update(credentials).where(
+            credentials.c.id == row.id,
+            credentials.c.refresh_token_encrypted == row.refresh_token_encrypted,
+        ).values(
             status=NEEDS_REAUTH, access_token_encrypted=None, refresh_token_encrypted=None,
             refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=now,
             updated_at=now,
         )
-    )
-    audit.record("refresh_failed", actor=None, user_email=row.user_email, provider=row.provider,
-                 outcome=error, connection=connection)
+    ).rowcount == 1
+    if marked:
+        audit.record("refresh_failed", actor=None, user_email=row.user_email,
+                     provider=row.provider, outcome=error, connection=connection)
+    return marked
 
 
 def _record_failure(connection: Connection, row: Row, error: str) -> None:
     """Only the operator's bookkeeping changes: tokens, expiry, scopes and status stay."""
     connection.execute(
         update(credentials).where(credentials.c.id == row.id).values(
-            refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=utcnow()
+            refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=utcnow(),
+            # Kept, or the column's onupdate would stamp it: the credential itself is unchanged.
+            updated_at=row.updated_at,
         )
     )
     audit.record("refresh_failed", actor=None, user_email=row.user_email, provider=row.provider,
@@ -187,7 +245,8 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                                  Credential.provider == provider)
     )
     kept_refresh_token = None
-    if credential is not None and credential.refresh_token_encrypted and credential.subject == subject:
+    if (credential is not None and credential.refresh_token_encrypted
+            and credential.subject == subject):
         # Without prompt=consent a provider may send no new refresh token: keep the one we have.
         try:
             kept_refresh_token = gateway().keyring.decrypt(credential.refresh_token_encrypted,
@@ -208,6 +267,48 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
     credential.last_error = None
     credential.last_error_at = None
     return values["scopes"].split()
+
+
+def refresh_expiring(
+    within_seconds: float,
+    progress: Callable[[list], AbstractContextManager[Iterable]] = nullcontext,
+) -> dict[str, int]:
+    """Refresh every active credential that expires within ``within_seconds``, each through the
+    same locked path as /auth/token: runs on several hosts at once refresh each one once.
+
+    ``progress`` wraps the list of credentials (``click.progressbar`` fits). Returns counts:
+    ``refreshed``, ``needs_reauth``, ``failed``, and ``fresh`` (someone else refreshed it)."""
+    horizon = utcnow() + timedelta(seconds=within_seconds)
+    with db.engine.connect() as connection:
+        due = connection.execute(
+            select(credentials.c.user_email, credentials.c.provider).where(
+                credentials.c.status == ACTIVE,
+                credentials.c.refresh_token_encrypted.is_not(None),
+                credentials.c.expires_at < horizon,
+            ).order_by(credentials.c.expires_at)
+        ).all()
+    counts = dict.fromkeys(("refreshed", "needs_reauth", "failed", "fresh"), 0)
+    with progress(due) as items:
+        for user_email, provider in items:
+            counts[_refresh_due(user_email, provider, within_seconds)] += 1
+    return counts
+
+
+def _refresh_due(user_email: str, provider: str, within_seconds: float) -> str:
+    # Read again: in a long run the list is minutes old, and another host may have been here.
+    with db.engine.connect() as connection:
+        seen = _read(connection, user_email, provider)
+    if seen is None or seen.status != ACTIVE or _valid_for(seen, within_seconds):
+        return "fresh"
+    try:
+        return _refresh(seen, within_seconds, force_refresh=False)[1]
+    except RefreshFailedError:
+        return "needs_reauth"
+    except NotAuthenticatedError:  # revoked meanwhile
+        return "fresh"
+    except GatewayError as exc:
+        log.warning("credential %s (%s) was not refreshed: %s", seen.id, provider, exc.code)
+        return "failed"
 
 
 def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:

@@ -189,6 +189,7 @@ class FakeGoogle:
             raise RuntimeError("FakeGoogle already started")
         self._stopping.clear()
         self.rotate_signing_key(keep_old=False)
+        ThreadingHTTPServer.request_queue_size = 128  # storms open more than 5 connections at once
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
