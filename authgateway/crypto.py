@@ -60,7 +60,8 @@ class KeyRing:
         try:
             return fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
         except InvalidToken:
-            raise DecryptionFailedError(reason=f"the ciphertext does not verify under key {kid}")
+            raise DecryptionFailedError(
+                reason=f"the ciphertext does not verify under key {kid}") from None
 
     def check(self) -> bool:
         """Round-trip a value through the primary key, for the health check."""
