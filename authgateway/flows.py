@@ -124,7 +124,8 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
     try:
         info = gw.providers.info(provider)
     except GatewayError:
-        raise CallbackFailed(404, "unsupported_provider", "This provider is not known here.")
+        raise CallbackFailed(404, "unsupported_provider",
+                             "This provider is not known here.") from None
     state = args.get("state")
     if not state:
         raise CallbackFailed(400, "invalid_request", "The provider's answer carried no state.",
@@ -208,7 +209,16 @@ def _claim(session: AuthSession) -> bool:
 
 
 def _check_issuer(session: AuthSession, info: ProviderInfo, iss: str | None) -> None:
-    # RFC 9207 section 2.4: simple string comparison, for error callbacks too.
+    # RFC 9207 section 2.4: simple string comparison, for error callbacks too. The issuer, and
+    # whether the provider always sends it, may come from its discovery document.
+    try:
+        info = gateway().providers.resolved(info.name)
+    except ProviderError as exc:
+        log.warning("issuer of %s unknown for session %s: %s", info.name, session.id, exc)
+        _fail(session, "provider_unavailable")
+        raise CallbackFailed(502, "provider_unavailable",
+                             f"{info.display_name} could not be reached to finish the sign-in; "
+                             "start again.", info, session.user_email) from None
     if info.issuer is None:
         return
     if iss is None and not info.requires_iss_parameter:

@@ -9,16 +9,25 @@ from collections.abc import Iterable
 
 import pluggy
 
-from . import hookspecs
-from .errors import ConfigError, ProviderNotConfiguredError, UnsupportedProviderError
+from . import hookspecs, metrics
+from .errors import (
+    ConfigError,
+    ProviderMisconfiguredError,
+    ProviderNotConfiguredError,
+    ProviderUnavailableError,
+    UnsupportedProviderError,
+)
 from .providers import (
     Identity,
+    IdentityError,
     ProviderConfig,
     ProviderError,
     ProviderInfo,
+    ProviderMisconfigured,
     ProviderUnavailable,
     TokenSet,
 )
+from .providers.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,7 @@ class Providers:
         self.pm = pm
         self._settings = settings
         self._timeout = timeout
+        self.discovery = Discovery(timeout)
         self._infos: dict[str, ProviderInfo] = {}
         self._owners: dict[str, str] = {}
         for impl in pm.hook.authgateway_register_providers.get_hookimpls():
@@ -96,6 +106,11 @@ class Providers:
             raise UnsupportedProviderError(
                 f"The provider is not supported here; installed providers: {installed}."
             ) from None
+
+    def resolved(self, name: str) -> ProviderInfo:
+        """The provider as declared, completed from its discovery document when it has one.
+        Raises ``ProviderUnavailable`` or ``ProviderMisconfigured`` when that cannot be read."""
+        return self.discovery.resolve(self.info(name))
 
     def missing_settings(self, name: str) -> list[str]:
         prefix = name.upper()
@@ -124,14 +139,26 @@ class Providers:
     def authorization_url(
         self, name: str, *, state: str, code_challenge: str, scopes: list[str], login_hint: str
     ) -> str:
-        return self._call(
-            "authgateway_authorization_url",
-            name,
-            state=state,
-            code_challenge=code_challenge,
-            scopes=scopes,
-            login_hint=login_hint,
-        )
+        try:
+            return self._call(
+                "authgateway_authorization_url",
+                name,
+                state=state,
+                code_challenge=code_challenge,
+                scopes=scopes,
+                login_hint=login_hint,
+            )
+        except ProviderMisconfigured as exc:
+            log.error("OPERATOR ACTION NEEDED: %s", exc)
+            raise ProviderMisconfiguredError(
+                f"The gateway's settings for {self.info(name).display_name} do not match the "
+                "provider; an operator must fix them (the gateway's log says how)."
+            ) from None
+        except ProviderError as exc:
+            log.warning("cannot start a flow with %s: %s", name, exc)
+            raise ProviderUnavailableError(
+                f"{self.info(name).display_name} could not be reached; retry later."
+            ) from None
 
     def exchange_code(self, name: str, *, code: str, code_verifier: str) -> TokenSet:
         return self._call("authgateway_exchange_code", name, code=code, code_verifier=code_verifier)
@@ -140,6 +167,11 @@ class Providers:
         return self._call("authgateway_refresh_token", name, refresh_token=refresh_token)
 
     def revoke(self, name: str, *, token: str, token_type_hint: str) -> bool:
+        try:
+            self.resolved(name)
+        except ProviderError as exc:
+            log.warning("revocation at %s skipped: %s", name, exc)
+            return False
         return self._call(
             "authgateway_revoke_token", name, token=token, token_type_hint=token_type_hint
         )
@@ -148,11 +180,15 @@ class Providers:
         return self._call("authgateway_fetch_identity", name, tokens=tokens)
 
     def _call(self, hook_name: str, name: str, **kwargs):
-        info, config = self.info(name), self.config(name)
-        hook = getattr(self.pm.hook, hook_name)
+        config = self.config(name)
+        info = self.resolved(name)
+        hook = metrics.upstream(name, hook_name, getattr(self.pm.hook, hook_name))
         try:
             result = hook(provider=info, config=config, **kwargs)
-        except ProviderError:
+        except ProviderError as exc:
+            if isinstance(exc, (ProviderUnavailable, IdentityError)):
+                # Endpoints or keys may have moved since the provider was discovered.
+                self.discovery.invalidate(info)
             raise
         except Exception as exc:
             # A plugin bug must not look like a dead grant: treat it as transient, loudly.

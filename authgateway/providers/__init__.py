@@ -13,8 +13,9 @@ class ProviderInfo:
 
     name: str
     display_name: str
-    authorize_url: str
-    token_url: str
+    #: Required unless ``discovery_url`` is set, which then supplies every endpoint left empty.
+    authorize_url: str | None = None
+    token_url: str | None = None
     revoke_url: str | None = None
     userinfo_url: str | None = None
     jwks_url: str | None = None
@@ -31,6 +32,17 @@ class ProviderInfo:
     #: ``client_secret_basic`` or ``client_secret_post`` (RFC 6749 section 2.3.1).
     client_auth_method: str = "client_secret_basic"
     send_login_hint: bool = True
+    #: An OpenID Connect discovery document (RFC 8414 metadata). The core fetches it when the
+    #: provider is first used and fills in the endpoints, the issuer and the RFC 9207
+    #: requirement (``authorization_response_iss_parameter_supported``) from it; see
+    #: ``authgateway.providers.discovery``.
+    discovery_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.discovery_url and not (self.authorize_url and self.token_url):
+            raise ValueError(
+                f"provider '{self.name}' needs authorize_url and token_url, or a discovery_url"
+            )
 
     @property
     def accepted_id_token_issuers(self) -> tuple[str, ...]:

@@ -31,7 +31,12 @@ from . import (
 
 log = logging.getLogger(__name__)
 
-MISCONFIGURATION_ERRORS = {"invalid_client", "unauthorized_client", "redirect_uri_mismatch"}
+#: Token endpoint errors that are the operator's to fix (RFC 6749 §5.2 apart from invalid_grant,
+#: plus Google's redirect_uri_mismatch).
+MISCONFIGURATION_ERRORS = frozenset({
+    "invalid_client", "unauthorized_client", "redirect_uri_mismatch", "invalid_request",
+    "invalid_scope", "unsupported_grant_type",
+})
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
@@ -129,6 +134,14 @@ def authgateway_fetch_identity(
 ) -> Identity:
     if tokens.id_token and provider.jwks_url:
         claims = _verify_id_token(provider, config, tokens.id_token)
+        if not claims.get("email") and provider.userinfo_url:
+            # OIDC Core 5.4: a provider may keep the email claims for userinfo, whose answer
+            # counts only for the subject the id_token names (5.3.2).
+            extra = _userinfo(provider, config, tokens.access_token)
+            if extra.get("sub") != claims.get("sub"):
+                raise IdentityError(f"{provider.name} userinfo names another subject")
+            claims = {**claims, "email": extra.get("email"),
+                      "email_verified": extra.get("email_verified")}
     elif provider.userinfo_url:
         claims = _userinfo(provider, config, tokens.access_token)
     else:
