@@ -1,0 +1,179 @@
+"""Prometheus metrics at ``/metrics``: what this gateway process is doing.
+
+The counters live in prometheus-client's default registry, one set per process. A server that
+forks several workers onto one port (gunicorn, for example) needs ``PROMETHEUS_MULTIPROC_DIR``: an
+empty directory shared by the workers and set in the environment before the gateway is imported.
+Each worker then writes its values there, and ``/metrics`` answers their sum through
+prometheus-client's multiprocess collector. ``authgateway serve`` is one process with threads and
+needs none of this.
+
+The domain calls the small functions below (``token_answered``, ``audited``, ``upstream``); they
+never touch the database, and no label carries an email, a path or anything a caller chooses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Callable
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .providers import IdentityError, InvalidGrant, ProviderMisconfigured, ProviderUnavailable
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+HTTP_REQUESTS = Counter(
+    "authgateway_http_requests",
+    "HTTP requests answered, by Flask endpoint (unmatched: no route), method and status.",
+    ["endpoint", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "authgateway_http_request_duration_seconds",
+    "Time from the request's arrival in Flask to its response, by Flask endpoint.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+TOKEN_ANSWERS = Counter(
+    "authgateway_token_answers",
+    "Answers of POST /auth/token by provider and outcome: cached, refreshed, "
+    "refreshed_by_peer, stale_after_failure, or the error code (refresh_failed, "
+    "provider_unavailable, not_authenticated, ...).",
+    ["provider", "outcome"],
+)
+UPSTREAM_CALLS = Counter(
+    "authgateway_upstream_calls",
+    "Calls to a provider by provider, operation (exchange_code, refresh, revoke, "
+    "fetch_identity) and outcome (ok, invalid_grant, unavailable, misconfigured, "
+    "identity_error, plugin_error, not_confirmed).",
+    ["provider", "operation", "outcome"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "authgateway_upstream_call_duration_seconds",
+    "Duration of calls to a provider, by provider and operation.",
+    ["provider", "operation"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+FLOWS = Counter(
+    "authgateway_flows",
+    "Authorization flows by provider and outcome: started, completed, or why one failed.",
+    ["provider", "outcome"],
+)
+
+#: How tokens.py says an answer was obtained, as an operator reads it.
+TOKEN_OUTCOMES = {"fresh": "refreshed_by_peer", "failed": "stale_after_failure"}
+
+#: The facade's hooks that reach a provider over the network; building the authorization URL
+#: does not.
+UPSTREAM_OPERATIONS = {
+    "authgateway_exchange_code": "exchange_code",
+    "authgateway_refresh_token": "refresh",
+    "authgateway_revoke_token": "revoke",
+    "authgateway_fetch_identity": "fetch_identity",
+}
+
+#: Why a flow fails: the gateway's own codes and the authorization error codes of RFC 6749 and
+#: OpenID Connect. A provider may send any other code; it is counted as provider_error so that
+#: the callback's query string cannot mint new time series.
+FLOW_FAILURES = frozenset({
+    "expired", "provider_unavailable", "iss_mismatch", "invalid_request", "identity_unverified",
+    "exchange_failed", "email_mismatch", "access_denied", "unauthorized_client",
+    "unsupported_response_type", "invalid_scope", "server_error", "temporarily_unavailable",
+    "interaction_required", "login_required", "account_selection_required",
+    "consent_required",
+})
+FLOW_ACTIONS = {"flow_started": "started", "flow_completed": "completed"}
+
+
+def init_app(app: Flask) -> None:
+    """Count every request and serve ``/metrics`` (API key or AUTH_GATEWAY_METRICS_TOKEN)."""
+    app.before_request(_start_timer)
+    app.after_request(_count_request)
+    app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
+
+
+def token_answered(provider: str, outcome: str) -> None:
+    """One answer of /auth/token: how tokens.py got it, or the error code it raised."""
+    TOKEN_ANSWERS.labels(provider, TOKEN_OUTCOMES.get(outcome, outcome)).inc()
+
+
+def audited(action: str, provider: str | None, outcome: str) -> None:
+    """Called by audit.record, which sees every flow's start and end."""
+    if action in FLOW_ACTIONS:
+        FLOWS.labels(provider or "", FLOW_ACTIONS[action]).inc()
+    elif action == "flow_failed":
+        reason = outcome if outcome in FLOW_FAILURES else "provider_error"
+        FLOWS.labels(provider or "", reason).inc()
+
+
+def upstream(provider: str, hook_name: str, hook: Callable) -> Callable:
+    """``hook`` (a pluggy hook caller), counted and timed as a call to ``provider`` when it is
+    one of the operations that reach the provider."""
+    operation = UPSTREAM_OPERATIONS.get(hook_name)
+    if operation is None:
+        return hook
+
+    def call(**kwargs):
+        started = time.perf_counter()
+        outcome = "plugin_error"
+        try:
+            result = hook(**kwargs)
+            outcome = ("unsupported" if result is None else
+                       "not_confirmed" if result is False else "ok")
+            return result
+        except Exception as exc:
+            outcome = _upstream_outcome(exc)
+            raise
+        finally:
+            UPSTREAM_CALLS.labels(provider, operation, outcome).inc()
+            UPSTREAM_LATENCY.labels(provider, operation).observe(time.perf_counter() - started)
+
+    return call
+
+
+def _upstream_outcome(exc: Exception) -> str:
+    for kind, outcome in ((InvalidGrant, "invalid_grant"), (ProviderMisconfigured, "misconfigured"),
+                          (ProviderUnavailable, "unavailable"), (IdentityError, "identity_error")):
+        if isinstance(exc, kind):
+            return outcome
+    return "plugin_error"
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    # The endpoint, never the path: paths carry emails and whatever a scanner tries.
+    endpoint = request.endpoint or "unmatched"
+    HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    started = g.get("metrics_started")
+    if started is not None:
+        HTTP_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    return response
+
+
+def _metrics_view() -> Response:
+    _authorize()
+    registry = REGISTRY
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    encoder, content_type = choose_encoder(request.headers.get("Accept"))
+    return Response(encoder(registry), content_type=content_type)
+
+
+def _authorize() -> None:
+    """The metrics token, else exactly the check every /auth endpoint makes (401/403)."""
+    token = current_app.config.get("METRICS_TOKEN")
+    presented = request.authorization
+    if (token and presented is not None and presented.type == "bearer" and presented.token
+            and hmac.compare_digest(presented.token.encode(), token.encode())):
+        return
+    from .api import require_api_key
+
+    require_api_key()
