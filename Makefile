@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export TEST_DATABASE_URL
 
-.PHONY: run test install lint clean
+.PHONY: run test try install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ install: $(VENV)/.installed
 run: install
 	@scripts/run_dev.sh
 
+try: install
+	@scripts/try.sh
+
 test: install
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
 lint: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 from sqlalchemy import text
 
-from . import __version__, flows, tokens, validation
+from . import __version__, audit, flows, metrics, ratelimit, tokens, validation
 from .context import gateway
 from .errors import GatewayError, InvalidApiKeyError, InvalidRequestError, MissingApiKeyError
 from .extensions import db
@@ -29,11 +29,14 @@ def _presented_key() -> str | None:
 def require_api_key() -> None:
     if request.endpoint == "auth.callback":
         return
+    limiter = ratelimit.limiter()
+    limiter.check_address(request.remote_addr)
     key = _presented_key()
     if key is None:
         raise MissingApiKeyError()
     name = gateway().api_keys.authenticate(key)
     if name is None:
+        limiter.bad_key(request.remote_addr)
         raise InvalidApiKeyError()
     g.api_key_name = name
 
@@ -44,6 +47,7 @@ def _time(value):
 
 @auth.post("/init")
 def init():
+    ratelimit.limiter().flow_started(g.api_key_name)
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))
@@ -64,6 +68,12 @@ def callback(provider: str):
         current_app.logger.error("callback failed: %s", exc.code)
         return _page("failure", exc.status, provider=None, user_email=None, error=exc.code,
                      message=exc.message)
+    except Exception:
+        # A person is reading: a page, never the JSON error or the exception's text.
+        current_app.logger.exception("callback failed unexpectedly")
+        error = GatewayError()
+        return _page("failure", error.status, provider=None, user_email=None, error=error.code,
+                     message=error.message)
     return _page("success", 200, provider=result.provider, user_email=result.user_email,
                  scopes=result.scopes)
 
@@ -92,8 +102,13 @@ def token():
         raise InvalidRequestError("The field 'min_valid_seconds' must be between 0 and 86400.")
     force = validation.field(body, "force_refresh", bool, required=False, default=False)
     gateway().providers.info(provider)
-    answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
-                              force_refresh=force)
+    try:
+        answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
+                                  force_refresh=force)
+    except GatewayError as exc:
+        metrics.token_answered(provider, exc.code)
+        raise
+    audit.token_served(g.api_key_name, user_email, provider)
     return jsonify(access_token=answer.access_token, token_type=answer.token_type,
                    expires_at=_time(answer.expires_at), scopes=answer.scopes)
 
@@ -140,4 +155,4 @@ def health():
 
 @meta.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document(__version__))
+    return jsonify(openapi_document(__version__, gateway().providers.names()))

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 
@@ -59,24 +59,25 @@ def revoke_key(name: str) -> bool:
 @dataclass
 class _Entry:
     name: str | None  # None: no live key has this hash
+    revoked: bool
     checked: float
-    last_used_at: datetime | None
 
 
 class ApiKeyCache:
     """Maps a presented key to its name. Entries live ``ttl`` seconds, so a revocation reaches
-    every process within that time; ``last_used_at`` is written at most once a minute per key."""
+    every process within that time; ``last_used_at`` is written at most once a minute per key.
+
+    The bootstrap key (``AUTH_GATEWAY_API_KEY``) needs no row, but once `init-db --seed` has
+    stored it, `apikeys revoke bootstrap` stops it like any other key."""
 
     def __init__(self, bootstrap_key: str | None, ttl: float) -> None:
         self._bootstrap = bootstrap_key.encode("utf-8") if bootstrap_key else None
+        self._bootstrap_digest = hash_key(bootstrap_key) if bootstrap_key else None
         self._ttl = ttl
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
     def authenticate(self, presented: str) -> str | None:
-        candidate = presented.encode("utf-8")
-        if self._bootstrap is not None and hmac.compare_digest(candidate, self._bootstrap):
-            return BOOTSTRAP_NAME
         # Looking a hash up leaks nothing useful about the key through timing.
         digest = hash_key(presented)
         now = time.monotonic()
@@ -84,24 +85,32 @@ class ApiKeyCache:
             entry = self._entries.get(digest)
         if entry is None or now - entry.checked > self._ttl:
             entry = self._load(digest, now)
-        return entry.name
+        if entry.revoked:
+            return None
+        if entry.name is not None:
+            return entry.name
+        candidate = presented.encode("utf-8")
+        if self._bootstrap is not None and hmac.compare_digest(candidate, self._bootstrap):
+            return BOOTSTRAP_NAME
+        return None
 
     def _load(self, digest: str, now: float) -> _Entry:
         row = db.session.execute(
-            select(ApiKey.id, ApiKey.name, ApiKey.last_used_at).where(
-                ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
-            )
+            select(ApiKey.id, ApiKey.name, ApiKey.last_used_at, ApiKey.revoked_at).where(
+                ApiKey.key_hash == digest)
         ).first()
-        entry = _Entry(name=row.name if row else None, checked=now,
-                       last_used_at=row.last_used_at if row else None)
-        if row and (row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_RESOLUTION):
-            entry.last_used_at = utcnow()
+        revoked = row is not None and row.revoked_at is not None
+        entry = _Entry(name=row.name if row and not revoked else None, revoked=revoked,
+                       checked=now)
+        if entry.name and (row.last_used_at is None
+                           or utcnow() - row.last_used_at > LAST_USED_RESOLUTION):
             db.session.execute(
-                update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=entry.last_used_at)
+                update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=utcnow())
             )
-            db.session.commit()
+        # Close the read (and the write) now, so the request holds no connection for it.
+        db.session.commit()
         with self._lock:
-            if row:
+            if row or digest == self._bootstrap_digest:
                 self._entries[digest] = entry
             else:
                 # Unknown keys are not cached: a flood of random keys must not grow memory.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from . import config as settings_module
+from . import log_setup, metrics, ratelimit
 from .apikeys import ApiKeyCache
 from .context import Gateway
 from .errors import (
@@ -49,9 +49,10 @@ def build_app(test_config: dict | None = None) -> Flask:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(
-        app.config["SQLALCHEMY_DATABASE_URI"], app.config["DB_POOL_SIZE"]
+        app.config["SQLALCHEMY_DATABASE_URI"], app.config["DB_POOL_SIZE"],
+        app.config["DB_PREPARE_THRESHOLD"],
     )
-    _configure_logging(app)
+    log_setup.init_app(app)
 
     db.init_app(app)
     directory = app.config.get("MIGRATIONS_DIR") or (
@@ -84,24 +85,18 @@ def build_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth)
     app.register_blueprint(meta)
+    metrics.init_app(app)
+    ratelimit.init_app(app)
     _register_error_handlers(app)
     app.after_request(_security_headers)
     register_commands(app)
     return app
 
 
-def _configure_logging(app: Flask) -> None:
-    level = getattr(logging, app.config["LOG_LEVEL"])
-    logging.getLogger("authgateway").setLevel(level)
-    app.logger.setLevel(level)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError):
-        return jsonify(exc.to_dict()), exc.status
+        return jsonify(exc.to_dict()), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -130,6 +125,7 @@ def _security_headers(response):
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    if response.mimetype == "text/html":
-        response.headers.update(PAGE_HEADERS)
+    # On every answer, not only pages: a JSON answer or a stylesheet opened in a browser must
+    # not run anything or be framed either, and one rule has no gap to forget.
+    response.headers.update(PAGE_HEADERS)
     return response

@@ -1,20 +1,189 @@
-"""The audit trail: one row per thing that happened to a user's connection. Never a secret."""
+"""The audit trail: one row per thing that happened to a user's connection. Never a secret.
+
+Actions: flow_started, flow_completed, flow_failed, token_refreshed, refresh_failed, revoked,
+reencrypted, and token_served. Tokens served are the hot path, so they are not written one by
+one: each process counts them per (API key, user, provider) and writes one ``token_served`` row
+per key every ``AUTH_GATEWAY_AUDIT_FLUSH_SECONDS`` (and at exit), with the count, first and last
+time in ``detail``. ``flask audit tail`` shows the trail.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert
+import atexit
+import logging
+import re
+import threading
+import weakref
+from datetime import UTC, datetime, timedelta
 
+import click
+from flask import Flask, current_app, g, has_request_context
+from flask.cli import with_appcontext
+from sqlalchemy import Connection, insert, select
+
+from . import metrics
 from .extensions import db
 from .models import AuditEvent, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def record(action: str, *, actor: str | None, user_email: str | None, provider: str | None,
            outcome: str = "ok", detail: str | None = None,
            connection: Connection | None = None) -> None:
-    """Write an event in the caller's transaction: the ORM session's, or ``connection``'s."""
+    """Write an event in the caller's transaction: the ORM session's, or ``connection``'s.
+    Without an ``actor``, the API key of the current request is the actor."""
+    if actor is None and has_request_context():
+        actor = g.get("api_key_name")
     values = dict(action=action, actor=actor, user_email=user_email, provider=provider,
                   outcome=outcome, detail=detail)
+    metrics.audited(action, provider, outcome)
     if connection is None:
         db.session.add(AuditEvent(**values))
     else:
         connection.execute(insert(AuditEvent.__table__).values(created_at=utcnow(), **values))
+
+
+def token_served(actor: str | None, user_email: str, provider: str) -> None:
+    """Count one access token handed out; it is written later with the others."""
+    served_tokens(current_app._get_current_object()).add(actor, user_email, provider)
+
+
+def served_tokens(app: Flask) -> ServedTokens:
+    counter = app.extensions.get("authgateway.served_tokens")
+    if counter is None:
+        counter = app.extensions.setdefault("authgateway.served_tokens", ServedTokens(app))
+    return counter
+
+
+class ServedTokens:
+    """Tokens served by this process and not yet written: (actor, user, provider) -> count,
+    first, last. The first count after a write arms a timer that writes them all."""
+
+    def __init__(self, app: Flask) -> None:
+        self._app = app
+        self._interval = app.config["AUDIT_FLUSH_SECONDS"]
+        self._counts: dict[tuple[str | None, str, str], list] = {}
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        _unwritten.add(self)
+
+    def add(self, actor: str | None, user_email: str, provider: str) -> None:
+        now = utcnow()
+        with self._lock:
+            entry = self._counts.get((actor, user_email, provider))
+            if entry is None:
+                self._counts[(actor, user_email, provider)] = [1, now, now]
+            else:
+                entry[0] += 1
+                entry[2] = now
+            self._arm()
+
+    def flush(self) -> int:
+        """Write one token_served row per key; returns how many. On failure the counts are kept
+        for the next write."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if not counts:
+            return 0
+        rows = [
+            dict(created_at=last, action="token_served", actor=actor, user_email=user_email,
+                 provider=provider, outcome="ok",
+                 detail=f"count={count} first={first.isoformat(timespec='seconds')} "
+                        f"last={last.isoformat(timespec='seconds')}")
+            for (actor, user_email, provider), (count, first, last) in counts.items()
+        ]
+        try:
+            with self._app.app_context(), db.engine.begin() as connection:
+                connection.execute(insert(AuditEvent.__table__), rows)
+        except Exception:
+            log.exception("could not write %d token_served audit events; will retry", len(rows))
+            for key, (count, first, last) in counts.items():
+                self._merge(key, count, first, last)
+            return 0
+        return len(rows)
+
+    def _merge(self, key: tuple, count: int, first: datetime, last: datetime) -> None:
+        with self._lock:
+            entry = self._counts.setdefault(key, [0, first, last])
+            entry[0] += count
+            entry[1], entry[2] = min(entry[1], first), max(entry[2], last)
+            self._arm()
+
+    def _arm(self) -> None:
+        """Under the lock: make sure a write is coming within the interval."""
+        if self._timer is None:
+            self._timer = threading.Timer(self._interval, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+
+_unwritten: weakref.WeakSet[ServedTokens] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # A handler's stream may be closed by now: a failure is logged if it can be, silently if not.
+    logging.raiseExceptions = False
+    for counter in list(_unwritten):
+        try:
+            counter.flush()
+        except RuntimeError:  # a retry cannot be scheduled at interpreter shutdown
+            pass
+
+
+AGE = re.compile(r"(\d+)\s*([smhd])")
+AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(value: str) -> datetime:
+    """``10m``, ``2h``, ``7d`` ago, or an ISO 8601 time (UTC when it names no offset)."""
+    value = value.strip()
+    match = AGE.fullmatch(value)
+    if match:
+        return utcnow() - timedelta(**{AGE_UNITS[match.group(2)]: int(match.group(1))})
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def events(*, user_email: str | None = None, since: datetime | None = None,
+           limit: int = 50) -> list[AuditEvent]:
+    """The newest ``limit`` events (of one user, since a time), oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+    if user_email:
+        query = query.where(AuditEvent.user_email == user_email.strip().lower())
+    if since is not None:
+        query = query.where(AuditEvent.created_at >= since)
+    return list(reversed(db.session.scalars(query.limit(limit)).all()))
+
+
+@click.group("audit")
+def commands() -> None:
+    """The audit trail."""
+
+
+@commands.command("tail")
+@click.option("--user", "user_email", metavar="EMAIL", help="Only events for this user.")
+@click.option("--since", metavar="WHEN",
+              help="Only events since an ISO 8601 time or an age: 30s, 10m, 2h, 7d.")
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the newest events to show.")
+@with_appcontext
+def tail(user_email: str | None, since: str | None, limit: int) -> None:
+    """The newest audit events, oldest first: time, action, outcome, API key, user, provider."""
+    try:
+        moment = parse_since(since) if since else None
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 time or an age such as 10m or 2h.",
+                                 param_hint="--since") from None
+    rows = events(user_email=user_email, since=moment, limit=limit)
+    if not rows:
+        click.echo("No audit events match.")
+    for row in rows:
+        click.echo("  ".join([row.created_at.isoformat(timespec="seconds"), f"{row.action:16}",
+                              f"{row.outcome:12}", f"actor={row.actor or '-'}",
+                              f"user={row.user_email or '-'}", f"provider={row.provider or '-'}",
+                              row.detail or ""]).rstrip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -10,6 +11,7 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from . import apikeys as apikeys_module
+from . import audit
 from .crypto import generate_key
 
 
@@ -58,8 +60,8 @@ def keys_generate(rotate: bool) -> None:
         "# 1. Replace both settings with the lines above on every gateway process.\n"
         "# 2. Restart them: they now decrypt with old and new keys and encrypt with the new one.\n"
         "# 3. Run `flask --app authgateway tokens reencrypt`.\n"
-        "# 4. Remove the old key from AUTH_GATEWAY_ROTATION_KEYS once `flask keys status` says "
-        "so.",
+        "# 4. Remove the old key from AUTH_GATEWAY_ROTATION_KEYS once "
+        "`flask --app authgateway keys status` says so.",
         err=True,
     )
 
@@ -92,11 +94,30 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens)
     app.cli.add_command(sessions)
     app.cli.add_command(serve)
+    app.cli.add_command(audit.commands)
 
 
 @click.group()
 def tokens() -> None:
     """Stored credentials: keep them warm, move them to a new key."""
+
+
+@tokens.command("refresh")
+@click.option("--expiring-within", "within", metavar="SECONDS", default=600, show_default=True,
+              type=click.IntRange(0, 7 * 24 * 3600),
+              help="Refresh every active credential that expires within this many seconds.")
+@with_appcontext
+def tokens_refresh(within: int) -> None:
+    """Refresh tokens before they expire, through the same row lock as /auth/token: safe to
+    run from cron on several hosts at once. Exits 1 when a refresh failed."""
+    from .tokens import refresh_expiring
+
+    counts = refresh_expiring(within, progress=lambda due: click.progressbar(
+        due, label="Refreshing", file=sys.stderr))
+    click.echo(f"refreshed {counts['refreshed']}, needs_reauth {counts['needs_reauth']}, "
+               f"failed {counts['failed']} ({counts['fresh']} already fresh)")
+    if counts["failed"]:
+        raise click.exceptions.Exit(1)
 
 
 @tokens.command("reencrypt")
@@ -242,5 +263,8 @@ def serve(host: str | None, port: int | None) -> None:
     port = port or app.config["PORT"]
     click.echo(f"authgateway serving on http://{host}:{port}", err=True)
     sys.stderr.flush()
+    # `docker stop` and systemd send SIGTERM: exit the normal way, so that atexit work (the
+    # audit trail's last counts of tokens served) is done.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     waitress_serve(app, host=host, port=port, threads=app.config["THREADS"],
                    ident="authgateway")

@@ -21,6 +21,7 @@ SEED_NAMES = (
     "HOST",
     "PORT",
     "LOG_LEVEL",
+    "LOG_FORMAT",
 )
 
 DEFAULTS: dict[str, object] = {
@@ -32,14 +33,21 @@ DEFAULTS: dict[str, object] = {
     "TOKEN_REFRESH_BUFFER_SECONDS": 300,
     "PROVIDER_TIMEOUT": 10.0,
     "APIKEY_CACHE_SECONDS": 5.0,
-    "PUBLIC_URL": None,
     "HOST": "127.0.0.1",
     "PORT": 8000,
     "THREADS": 8,
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",  # or json: one object per line
+    "RATELIMIT_INIT": "120/minute",  # per API key; 0 turns it off
+    "RATELIMIT_BAD_KEY": "20/minute",  # wrong API keys per client address; 0 turns it off
+    "TRUSTED_PROXIES": 0,  # proxies in front whose X-Forwarded-For is believed
+    "AUDIT_FLUSH_SECONDS": 5.0,  # how long token_served counts wait before being written
     "LOAD_PLUGINS": True,
     "BLOCK_PLUGINS": "",
     "DB_POOL_SIZE": 10,
+    "DB_PREPARE_THRESHOLD": 5,  # psycopg's default; "none" behind PgBouncer < 1.21
+    "METRICS_TOKEN": None,
+    "MIGRATIONS_DIR": None,  # None: migrations/ beside the package, else ./migrations
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
 
@@ -123,6 +131,12 @@ def validate(config: dict, instance_path: str) -> KeyRing:
     _number(config, "PORT", int, 1, 65535)
     _number(config, "THREADS", int, 1, 256)
     _number(config, "DB_POOL_SIZE", int, 1, 1000)
+    _number(config, "TRUSTED_PROXIES", int, 0, 10)
+    _number(config, "AUDIT_FLUSH_SECONDS", float, 0.01, 3600)
+    if str(config["DB_PREPARE_THRESHOLD"]).strip().lower() in ("none", "off", ""):
+        config["DB_PREPARE_THRESHOLD"] = None
+    else:
+        _number(config, "DB_PREPARE_THRESHOLD", int, 0, 1_000_000)
     level = str(config["LOG_LEVEL"]).upper()
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(
@@ -133,6 +147,12 @@ def validate(config: dict, instance_path: str) -> KeyRing:
     config["BLOCK_PLUGINS"] = _names(config["BLOCK_PLUGINS"])
     if config.get("API_KEY") is not None:
         config["API_KEY"] = str(config["API_KEY"]).strip() or None
+    config["METRICS_TOKEN"] = str(config.get("METRICS_TOKEN") or "").strip() or None
+    if config["METRICS_TOKEN"] is not None and len(config["METRICS_TOKEN"]) < 16:
+        raise ConfigError(
+            "AUTH_GATEWAY_METRICS_TOKEN must be at least 16 characters: generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        )
     return key_ring(config)
 
 

@@ -22,6 +22,8 @@ class GatewayError(Exception):
     code: str = "internal_error"
     auth_required: bool = False
     default_message: str = "The gateway hit an unexpected error."
+    #: HTTP headers the answer carries besides the body (Retry-After).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str | None = None, **extra: object) -> None:
         self.message = message or self.default_message
@@ -117,3 +119,7 @@ class DecryptionFailedError(GatewayError):
 class RateLimitedError(GatewayError):
     status, code = 429, "rate_limited"
     default_message = "Too many requests; retry later."
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -116,6 +116,18 @@ class AuditEvent(db.Model):
     provider: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(String(255))
+
+
+class RateLimit(db.Model):
+    """Hits per limited key (``init:<api key name>``, ``bad_key:<address>``) in one fixed window,
+    shared by every gateway process. Windows older than the longest limit are purged."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: Unix time (seconds) at which the window began: a multiple of the limit's period.
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 def render_item(type_, obj, autogen_context):

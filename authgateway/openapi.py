@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 description of API.md, served at /openapi.json."""
+"""The OpenAPI 3.1 description of API.md, served at /openapi.json.
+
+tests/test_openapi_fuzz.py keeps it true: every status, body and header an operation can
+answer with is written here."""
 
 from __future__ import annotations
 
@@ -10,8 +13,14 @@ ERROR_CODES = [
 ]
 
 TIME = {"type": "string", "format": "date-time"}
-EMAIL = {"type": "string", "maxLength": 320, "description": "Compared case-insensitively."}
-PROVIDER = {"type": "string", "description": "An installed provider, e.g. google."}
+EMAIL = {"type": "string", "format": "email", "maxLength": 320,
+         "description": "Compared case-insensitively."}
+#: A provider a caller names: one of those installed (the enum of this deployment's document).
+PROVIDER = {"$ref": "#/components/schemas/Provider"}
+PROVIDER_NAME = {"type": "string", "description": "A provider, e.g. google."}
+STORED_EMAIL = {"type": "string", "description": "Trimmed and lower-cased."}
+#: RFC 6749 section 3.3: printable ASCII but space, '"' and '\\'.
+SCOPE = {"type": "string", "pattern": "^[\\x21\\x23-\\x5b\\x5d-\\x7e]{1,511}$"}
 
 
 def _error(description: str) -> dict:
@@ -32,10 +41,46 @@ def _body(schema_name: str) -> dict:
 AUTH_ERRORS = {
     "401": _error("missing_api_key"),
     "403": _error("invalid_api_key"),
+    "429": {**_error("rate_limited: too many wrong API keys from this address (or, on "
+                     "/auth/init, too many flows started with this key)"),
+            "headers": {"Retry-After": {"description": "Seconds until the limit resets.",
+                                        "required": True,
+                                        "schema": {"type": "integer", "minimum": 1}}}},
 }
 
 
-def openapi_document(version: str) -> dict:
+def openapi_document(version: str, providers: list[str] | None = None) -> dict:
+    """The document; ``providers`` (the installed ones) become the enum a caller picks from."""
+    document = _document(version)
+    provider = {"type": "string", "description": "An installed provider."}
+    if providers:
+        provider["enum"] = list(providers)
+    document["components"]["schemas"] = {**SCHEMAS, "Provider": provider}
+    _add_request_id(document)
+    return document
+
+
+def _add_request_id(document: dict) -> None:
+    """Every operation takes an optional X-Request-ID and every answer returns one."""
+    document["components"]["parameters"] = {"RequestId": {
+        "name": "X-Request-ID", "in": "header", "required": False,
+        "description": "Your id for this request, echoed back and logged: 1 to 64 of "
+                       "A-Z a-z 0-9 . _ - (anything else is replaced by one made here).",
+        "schema": {"type": "string"}}}
+    document["components"]["headers"] = {"RequestId": {
+        "description": "The request's id in the gateway's logs.", "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}}}
+    header = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["parameters"] = [*operation.get("parameters", ()),
+                                       {"$ref": "#/components/parameters/RequestId"}]
+            operation["responses"] = {
+                status: {**response, "headers": {**response.get("headers", {}), **header}}
+                for status, response in operation["responses"].items()}
+
+
+def _document(version: str) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "authgateway", "version": version,
@@ -55,9 +100,10 @@ def openapi_document(version: str) -> dict:
                 "security": [],
                 "parameters": [
                     {"name": "provider", "in": "path", "required": True, "schema": PROVIDER},
-                    *({"name": name, "in": "query", "required": False,
-                       "schema": {"type": "string"}}
-                      for name in ("code", "state", "iss", "error", "error_description")),
+                    # state always; code on success, error (and error_description) on refusal.
+                    *({"name": name, "in": "query", "required": name == "state",
+                       "schema": {"type": "string", "minLength": 1}}
+                      for name in ("state", "code", "iss", "error", "error_description")),
                 ],
                 "responses": {status: {"description": text,
                                        "content": {"text/html": {"schema": {"type": "string"}}}}
@@ -83,6 +129,7 @@ def openapi_document(version: str) -> dict:
                               "401": _error("refresh_failed, or missing_api_key"),
                               "403": _error("invalid_api_key"),
                               "413": _error("invalid_request: body over 64 KiB"),
+                              "429": AUTH_ERRORS["429"],
                               "500": _error("decryption_failed"),
                               "502": _error("provider_unavailable or provider_misconfigured"),
                               "503": _error("provider_not_configured")},
@@ -92,7 +139,9 @@ def openapi_document(version: str) -> dict:
                 "parameters": [{"name": "user_email", "in": "path", "required": True,
                                 "schema": EMAIL}],
                 "responses": {"200": _json("ProvidersResponse"),
-                              "400": _error("invalid_request"), **AUTH_ERRORS},
+                              "400": _error("invalid_request"),
+                              "404": _error("not_found: a path that names no email at all"),
+                              **AUTH_ERRORS},
             }},
             "/auth/revoke": {"delete": {
                 "summary": "Revoke at the provider and forget a user's credential",
@@ -107,6 +156,15 @@ def openapi_document(version: str) -> dict:
                 "summary": "Health for load balancers", "security": [],
                 "responses": {"200": _json("Health"), "503": _json("Health", "Degraded")},
             }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of this process (the API key, or "
+                           "AUTH_GATEWAY_METRICS_TOKEN as a Bearer token)",
+                "responses": {"200": {"description": "The Prometheus text format",
+                                      "content": {media: {"schema": {"type": "string"}}
+                                                  for media in ("text/plain",
+                                                                "application/openmetrics-text")}},
+                              **AUTH_ERRORS},
+            }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1",
@@ -119,7 +177,6 @@ def openapi_document(version: str) -> dict:
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
             },
-            "schemas": SCHEMAS,
         },
     }
 
@@ -129,10 +186,12 @@ SCHEMAS = {
         "type": "object", "required": ["error", "message", "auth_required"],
         "properties": {"error": {"type": "string", "enum": ERROR_CODES},
                        "message": {"type": "string"},
-                       "auth_required": {"type": "boolean"}}}}},
+                       "auth_required": {"type": "boolean"},
+                       "retry_after": {"type": "integer", "minimum": 1,
+                                       "description": "With rate_limited: as Retry-After."}}}}},
     "InitRequest": {"type": "object", "required": ["provider", "user_email"], "properties": {
         "provider": PROVIDER, "user_email": EMAIL,
-        "scopes": {"type": "array", "items": {"type": "string"}, "maxItems": 100}}},
+        "scopes": {"type": "array", "items": SCOPE, "maxItems": 100}}},
     "InitResponse": {"type": "object", "required": ["auth_url", "session_id", "expires_at"],
                      "properties": {"auth_url": {"type": "string", "format": "uri"},
                                     "session_id": {"type": "string", "format": "uuid"},
@@ -140,7 +199,7 @@ SCHEMAS = {
     "StatusResponse": {"type": "object", "required": ["status", "session_id", "user_email",
                                                       "provider"], "properties": {
         "status": {"type": "string", "enum": ["pending", "completed", "failed"]},
-        "session_id": {"type": "string"}, "user_email": EMAIL, "provider": PROVIDER,
+        "session_id": {"type": "string"}, "user_email": STORED_EMAIL, "provider": PROVIDER_NAME,
         "expires_at": TIME, "error": {"type": "string"}}},
     "TokenRequest": {"type": "object", "required": ["provider", "user_email"], "properties": {
         "provider": PROVIDER, "user_email": EMAIL,
@@ -153,12 +212,12 @@ SCHEMAS = {
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "scopes": {"type": "array", "items": {"type": "string"}}}},
     "ProvidersResponse": {"type": "object", "required": ["user_email", "providers"],
-                          "properties": {"user_email": EMAIL, "providers": {
+                          "properties": {"user_email": STORED_EMAIL, "providers": {
                               "type": "array", "items": {
                                   "type": "object",
                                   "required": ["provider", "scopes", "status"],
                                   "properties": {
-                                      "provider": PROVIDER,
+                                      "provider": PROVIDER_NAME,
                                       "scopes": {"type": "array", "items": {"type": "string"}},
                                       "status": {"type": "string",
                                                  "enum": ["active", "needs_reauth"]},

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from flask import request
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, PayloadTooLargeError
 
 # Not RFC 5322 in full: one @, no spaces or control characters, a dot in the domain.
 EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 MAX_EMAIL_LENGTH = 320
+#: RFC 6749 section 3.3: printable ASCII but space, '"' and '\\'.
+SCOPE = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]{1,511}')
 
 
 def json_body() -> dict:
-    body = request.get_json(silent=True, force=True) if request.content_length != 0 else None
+    if request.content_length is None and request.max_content_length is not None:
+        # A chunked body is cut at the limit, not refused: refuse it when it reached the limit.
+        if len(request.get_data()) >= request.max_content_length:
+            raise PayloadTooLargeError()
+    try:
+        body = request.get_json(silent=True, force=True) if request.content_length != 0 else None
+    except RecursionError:  # nesting deeper than the parser's stack: not a request we serve
+        body = None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return body
@@ -27,14 +37,18 @@ def field(body: dict, name: str, kind: type, *, required: bool = True, default=N
         return default
     value = body[name]
     # bool is an int in Python; a JSON true is not a number of seconds.
-    if not isinstance(value, kind) or (kind in (int, float, (int, float)) and isinstance(value, bool)):
+    numeric = kind in (int, float, (int, float))
+    if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
         raise InvalidRequestError(f"The field '{name}' has the wrong type.")
     return value
 
 
 def email(value: str, name: str = "user_email") -> str:
     normalised = value.strip().lower()
-    if len(normalised) > MAX_EMAIL_LENGTH or not EMAIL.match(normalised):
+    if (len(normalised) > MAX_EMAIL_LENGTH or not EMAIL.match(normalised)
+            or not normalised.isascii() and any(unicodedata.category(c)[0] == "C"
+                                                for c in normalised)):
+        # Category C: control, format (bidi overrides, zero-width), surrogate, unassigned.
         raise InvalidRequestError(f"The field '{name}' is not a valid email address.")
     return normalised
 
@@ -43,8 +57,7 @@ def scopes(value) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(
-        isinstance(scope, str) and scope and not any(c.isspace() for c in scope) and len(scope) < 512
-        for scope in value
+        isinstance(scope, str) and SCOPE.fullmatch(scope) for scope in value
     ):
         raise InvalidRequestError("The field 'scopes' must be a list of scope strings.")
     if len(value) > 100:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+import authgateway_google
 import psycopg
 import pytest
 import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import delete
 
-import authgateway_google
-from authgateway import create_app
+from authgateway import audit, create_app
 from authgateway.extensions import db
 from tests.fakes import FakeGoogle
 
@@ -75,6 +76,8 @@ def base_config(database_url: str, **overrides) -> dict:
         "PROVIDER_TIMEOUT": 2,
         "APIKEY_CACHE_SECONDS": 1,
         "LOG_LEVEL": "DEBUG",
+        # Written explicitly at teardown instead, so no timer writes into another test's tables.
+        "AUDIT_FLUSH_SECONDS": 3600,
     }
     config.update(overrides)
     return config
@@ -109,6 +112,7 @@ def make_app(database_url, google):
 
     yield make
     for app in apps:
+        audit.served_tokens(app).flush()
         with app.app_context():
             db.engine.dispose()
 
@@ -146,30 +150,30 @@ class LiveGateway:
         return self.http.delete(self.url + path, timeout=10, **kw)
 
 
-@pytest.fixture
-def live(make_app) -> Iterator[LiveGateway]:
+@contextmanager
+def serve_wsgi(app, threads: int = 8) -> Iterator[str]:
+    """Serve a WSGI callable with waitress on a free loopback port; yields its base URL."""
+    from waitress import wasyncore
     from waitress.server import create_server
 
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        # Closed from the server's own loop: closing its sockets from here races its select().
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
+
+
+@pytest.fixture
+def live(make_app) -> Iterator[LiveGateway]:
     holder = {}
     # The redirect URI names the port, so the server binds first and the app comes second.
-    server = create_server(lambda environ, start: holder["app"](environ, start),
-                           host="127.0.0.1", port=0, threads=8)
-    url = f"http://127.0.0.1:{server.effective_port}"
-    holder["app"] = make_app(redirect_uri=url + CALLBACK_PATH)
-    stopping = threading.Event()
-
-    def serve() -> None:
-        try:
-            server.run()
-        except (OSError, ValueError):
-            # waitress has no cross-thread stop: closing the socket under its select loop
-            # ends the loop with EBADF, which is the expected way out here.
-            if not stopping.is_set():
-                raise
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield LiveGateway(url, holder["app"])
-    stopping.set()
-    server.close()
-    thread.join(timeout=5)
+    with serve_wsgi(lambda environ, start: holder["app"](environ, start)) as url:
+        holder["app"] = make_app(redirect_uri=url + CALLBACK_PATH)
+        gateway = LiveGateway(url, holder["app"])
+        yield gateway
+        gateway.http.close()

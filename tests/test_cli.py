@@ -57,3 +57,13 @@ def test_providers_list_says_what_is_missing(make_app):
     assert "google" in output and "NOT CONFIGURED: set GOOGLE_CLIENT_ID" in output
     configured = make_app().test_cli_runner().invoke(args=["providers", "list"]).output
     assert "configured" in configured and "NOT" not in configured
+
+
+def test_revoking_the_seeded_bootstrap_key_stops_it(app, runner):
+    client = app.test_client()
+    headers = {"X-API-Key": app.config["API_KEY"]}
+    assert runner.invoke(args=["init-db", "--seed"]).exit_code == 0
+    assert client.get("/auth/providers/a@b.co", headers=headers).status_code == 200
+    assert runner.invoke(args=["apikeys", "revoke", "bootstrap"]).exit_code == 0
+    app.extensions["authgateway"].api_keys._ttl = 0  # skip the cache's few seconds
+    assert client.get("/auth/providers/a@b.co", headers=headers).status_code == 403

@@ -90,7 +90,8 @@ def test_startup_reads_the_environment(tmp_path):
         "from authgateway import create_app; app = create_app(); "
         "p = app.extensions['authgateway'].providers; "
         "print(app.config['SESSION_EXPIRY_MINUTES'], app.config['TOKEN_REFRESH_BUFFER_SECONDS'],"
-        " p.missing_settings('google'), app.config['SQLALCHEMY_DATABASE_URI'].endswith('env.sqlite'))"
+        " p.missing_settings('google'),"
+        " app.config['SQLALCHEMY_DATABASE_URI'].endswith('env.sqlite'))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 from urllib.parse import parse_qs, urlsplit
 
+import authgateway_google
 from cryptography.fernet import Fernet
 
-import authgateway_google
 from authgateway import create_app
 
 
