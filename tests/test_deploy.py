@@ -29,7 +29,7 @@ from authgateway.cli import keys
 from authgateway.config import DEFAULTS, SEED_NAMES, env_name
 from authgateway.extensions import db
 from authgateway.plugins import REQUIRED_PROVIDER_SETTINGS
-from tests.conftest import API_KEY, in_ci
+from tests.conftest import API_KEY, empty_postgres_database, in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "scripts" / "docker-entrypoint.sh"
@@ -128,14 +128,8 @@ def free_port() -> int:
 @pytest.fixture
 def fresh_postgres(postgres_url):
     """An empty database of its own, as a new compose stack's PostgreSQL starts."""
-    name = postgres_url.rsplit("/", 1)[1] + "_deploy"
-    admin_url = postgres_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with empty_postgres_database(postgres_url, "deploy") as url:
+        yield url
 
 
 def healthcheck_command() -> list[str]:

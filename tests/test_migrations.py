@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -16,7 +15,7 @@ from sqlalchemy import inspect
 from authgateway import create_app
 from authgateway.extensions import db
 from authgateway.models import render_item  # noqa: F401  (the same hook autogenerate uses)
-from tests.conftest import base_config
+from tests.conftest import base_config, empty_postgres_database
 
 TABLES = {"credentials", "auth_sessions", "api_keys", "audit_events", "alembic_version"}
 
@@ -33,15 +32,8 @@ def empty_database(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/empty.sqlite"
         return
-    base = request.getfixturevalue("postgres_url")
-    name = base.rsplit("/", 1)[1] + "_empty"
-    admin_url = base.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with empty_postgres_database(request.getfixturevalue("postgres_url"), "empty") as url:
+        yield url
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["init-db"]])
