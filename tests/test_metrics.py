@@ -163,7 +163,10 @@ def test_several_processes_add_up_under_prometheus_multiproc_dir(tmp_path):
     scrape_it = textwrap.dedent(f"""
         from authgateway import create_app
         from tests.conftest import HEADERS, base_config
+        from flask_migrate import upgrade
         app = create_app(base_config("sqlite:///{tmp_path}/db.sqlite"))
+        with app.app_context():
+            upgrade()  # API keys, the bootstrap one included, are checked against the database
         print(app.test_client().get("/metrics", headers=HEADERS).get_data(as_text=True))
     """)
     out = subprocess.run([sys.executable, "-c", scrape_it], env=env, check=True, timeout=60,
