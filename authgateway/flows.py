@@ -155,7 +155,10 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
     if args.get("error"):
         code = args["error"] if ERROR_CODE.match(args["error"]) else "provider_error"
         _fail(session, code)
-        raise CallbackFailed(400, code, f"{info.display_name} did not grant access.", info,
+        message = (f"The sign-in at {info.display_name} was cancelled, so access was not granted."
+                   if code == "access_denied" else
+                   f"{info.display_name} did not grant access ({code}).")
+        raise CallbackFailed(400, code, message, info,
                              session.user_email)
     code = args.get("code")
     if not code:

@@ -138,7 +138,7 @@ def test_refusing_lands_on_the_failure_page(page, gw, tmp_path):
 
     text = page.inner_text("body")
     assert f"{DISPLAY_NAME} was not connected" in text
-    assert f"{DISPLAY_NAME} did not grant access" in text
+    assert f"The sign-in at {DISPLAY_NAME} was cancelled" in text
     assert EMAIL in text
     assert "access_denied" in text
     screenshots(page, tmp_path, "refused")

@@ -143,7 +143,7 @@ def test_access_denied_marks_the_session_failed(client, google):
     flow = start(client)
     page = client.get(consent(flow["auth_url"]))
     assert page.status_code == 400
-    assert "did not grant access" in page.get_data(as_text=True)
+    assert "The sign-in at Google was cancelled" in page.get_data(as_text=True)
     status = client.get(f"/auth/status/{flow['session_id']}", headers=HEADERS).get_json()
     assert status == {"status": "failed", "error": "access_denied",
                       "session_id": flow["session_id"], "user_email": "ada@example.com",

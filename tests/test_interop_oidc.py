@@ -274,7 +274,7 @@ def test_refusal_at_the_provider(gateway):
     assert query(callback)["error"] == "access_denied"
     page = land(gw, callback)
     assert page.status_code == 400
-    assert f"{DISPLAY_NAME} did not grant access" in page.text
+    assert f"The sign-in at {DISPLAY_NAME} was cancelled" in page.text
     assert (status(gw, flow)["status"], status(gw, flow)["error"]) == ("failed", "access_denied")
 
 
