@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export TEST_DATABASE_URL
 
-.PHONY: run test try install lint clean
+.PHONY: run test try bench install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ try: install
 test: install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
+
+# Benchmarks print numbers; they are not tests and do not run in CI.
+bench: install
+	$(BIN)/python bench/token_load.py
 
 lint: install
 	$(BIN)/python -m ruff check .

@@ -22,7 +22,7 @@ from .errors import (
 from .extensions import db, migrate
 from .models import render_item
 from .plugins import Providers, build_plugin_manager
-from .storage import configure_engine, engine_options
+from .storage import autocommit_reader, configure_engine, engine_options
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -62,6 +62,7 @@ def build_app(test_config: dict | None = None) -> Flask:
                      render_item=render_item)
     with app.app_context():
         configure_engine(db.engine)
+        reader = autocommit_reader(db.engine)
 
     settings = settings_module.Settings(app.config, environ)
     pm = build_plugin_manager(
@@ -74,6 +75,7 @@ def build_app(test_config: dict | None = None) -> Flask:
         providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
         settings=settings,
         api_keys=ApiKeyCache(app.config["API_KEY"], app.config["APIKEY_CACHE_SECONDS"]),
+        reader=reader,
     )
     if not app.config["API_KEY"]:
         app.logger.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
+from sqlalchemy import Engine
 
 from .apikeys import ApiKeyCache
 from .config import Settings
@@ -18,6 +19,8 @@ class Gateway:
     providers: Providers
     settings: Settings
     api_keys: ApiKeyCache
+    #: Reads of one statement, in autocommit (storage.autocommit_reader): the token lookup.
+    reader: Engine
 
 
 def gateway() -> Gateway:

@@ -4,27 +4,55 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DisconnectionError
 
 from .extensions import db
+
+#: A pooled PostgreSQL connection that sat unused for longer than this is pinged before it is
+#: handed out. A busy process reuses its connections within milliseconds and never pays the
+#: round trip; a quiet one learns that the server restarted before a request fails on it.
+IDLE_PING_SECONDS = 10.0
+#: Connections are replaced after this long, whatever happens: a proxy or firewall that drops
+#: old idle connections, or server-side state that grows with a session, never gets that far.
+POOL_RECYCLE_SECONDS = 3600
 
 
 def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) -> dict:
     if url.startswith("sqlite"):
         # Waits for SQLite's write lock instead of failing at once while another writer holds it.
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    # No pool_pre_ping: it costs a round trip on every checkout, as much as the token read
+    # itself. configure_engine pings only connections that were idle (IDLE_PING_SECONDS).
+    # LIFO: the connection handed out is the one used last, so under light load the same few
+    # stay warm (their prepared statements too) and the others age out of use.
     # psycopg prepares a statement on the server after ``prepare_threshold`` executions; None
     # turns that off, which PgBouncer in transaction mode before 1.21 needs (docs/scale-out.md).
-    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True,
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_use_lifo": True,
+            "pool_recycle": POOL_RECYCLE_SECONDS,
             "connect_args": {"prepare_threshold": prepare_threshold}}
+
+
+def autocommit_reader(engine: Engine) -> Engine:
+    """The engine for reads of one statement, such as the token lookup: on PostgreSQL its
+    connections run in autocommit, so the read is one round trip, with no BEGIN before it and
+    no ROLLBACK after it. It shares ``engine``'s pool and its event listeners."""
+    if engine.dialect.name == "sqlite":
+        # Already so: configure_engine takes pysqlite's implicit BEGIN away, so a lone SELECT
+        # is one statement. (SQLAlchemy's AUTOCOMMIT level on SQLite would, on the way back to
+        # the pool, hand transactions back to pysqlite and undo configure_engine.)
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def configure_engine(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
+        _ping_idle_connections(engine)
         return
 
     # pysqlite's own transaction handling never emits BEGIN before a SELECT and cannot emit
@@ -51,6 +79,26 @@ def configure_engine(engine: Engine) -> None:
     def _lock_before_first_write(_conn, cursor, statement, *_args) -> None:
         if not cursor.connection.in_transaction and _WRITE.match(statement):
             cursor.connection.execute("BEGIN IMMEDIATE")
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """SQLAlchemy's documented pessimistic disconnect handling (a ping on checkout), limited to
+    connections idle for more than IDLE_PING_SECONDS."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection, record, _proxy) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and hands out another one (a new one if need be).
+            raise DisconnectionError("the pooled connection is dead") from exc
 
 
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|SAVEPOINT)\b",

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 
 from . import audit, metrics
 from .context import gateway
@@ -40,13 +40,22 @@ class AccessToken:
     scopes: list[str]
 
 
+# The statements are built once: SQLAlchemy then finds the compiled SQL and the result's column
+# map in its cache by the statement itself, instead of building and matching new ones per call.
+_ONE_CREDENTIAL = (credentials.c.user_email == bindparam("user_email"),
+                   credentials.c.provider == bindparam("provider"))
+# Without the lock, the columns to answer from and to recognise, once under the lock, what
+# changed meanwhile (_refresh_locked); each column fetched costs on every request.
+_SEEN = select(*(credentials.c[name] for name in (
+    "id", "user_email", "provider", "status", "access_token_encrypted", "key_id", "expires_at",
+    "scopes", "authenticated_at", "last_refreshed_at", "last_error_at",
+))).where(*_ONE_CREDENTIAL)
+_LOCKED = select(credentials).where(*_ONE_CREDENTIAL).with_for_update()
+
+
 def _read(connection: Connection, user_email: str, provider: str, *, lock: bool = False):
-    query = select(credentials).where(
-        credentials.c.user_email == user_email, credentials.c.provider == provider
-    )
-    if lock:
-        query = query.with_for_update()
-    return connection.execute(query).first()
+    return connection.execute(_LOCKED if lock else _SEEN,
+                              {"user_email": user_email, "provider": provider}).first()
 
 
 def _valid_for(row: Row, seconds: float) -> bool:
@@ -75,8 +84,9 @@ def _answer(row: Row) -> AccessToken:
 
 def get_token(user_email: str, provider: str, *, min_valid_seconds: float,
               force_refresh: bool = False) -> AccessToken:
-    """A token valid for at least ``min_valid_seconds``. The common case is one read, no lock."""
-    with db.engine.connect() as connection:
+    """A token valid for at least ``min_valid_seconds``. The common case is one read, no lock:
+    one round trip to the database, in autocommit."""
+    with gateway().reader.connect() as connection:
         row = _read(connection, user_email, provider)
     if row is None:
         raise NotAuthenticatedError()
