@@ -22,17 +22,22 @@ from .errors import (
 from .extensions import db, migrate
 from .models import render_item
 from .plugins import Providers, build_plugin_manager
-from .storage import autocommit_reader, configure_engine, engine_options
+from .storage import RowReader, configure_engine, engine_options
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-}
+#: On every answer, not only pages: a JSON answer or a stylesheet opened in a browser must not
+#: run anything, be framed or be cached either, and one rule has no gap to forget.
+SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy",
+     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+     "form-action 'none'; frame-ancestors 'none'"),
+    ("X-Frame-Options", "DENY"),
+]
+_SECURITY_HEADER_NAMES = frozenset(name.lower() for name, _value in SECURITY_HEADERS)
 
 
 def build_app(test_config: dict | None = None) -> Flask:
@@ -62,7 +67,7 @@ def build_app(test_config: dict | None = None) -> Flask:
                      render_item=render_item)
     with app.app_context():
         configure_engine(db.engine)
-        reader = autocommit_reader(db.engine)
+        reader = RowReader(db.engine)
 
     settings = settings_module.Settings(app.config, environ)
     pm = build_plugin_manager(
@@ -90,7 +95,7 @@ def build_app(test_config: dict | None = None) -> Flask:
     metrics.init_app(app)
     ratelimit.init_app(app)
     _register_error_handlers(app)
-    app.after_request(_security_headers)
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)
     return app
 
@@ -123,11 +128,20 @@ def _register_error_handlers(app: Flask) -> None:
         return jsonify(GatewayError().to_dict()), 500
 
 
-def _security_headers(response):
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    # On every answer, not only pages: a JSON answer or a stylesheet opened in a browser must
-    # not run anything or be framed either, and one rule has no gap to forget.
-    response.headers.update(PAGE_HEADERS)
-    return response
+class SecurityHeaders:
+    """WSGI middleware that puts SECURITY_HEADERS on every answer, replacing any the answer
+    had (a static file's Cache-Control). Below Flask rather than an after_request hook: it
+    also covers what no hook sees, and costs a list, not five header assignments per request
+    on the hot path."""
+
+    def __init__(self, wsgi_app) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        def start_hardened(status, headers, exc_info=None):
+            headers = [header for header in headers
+                       if header[0].lower() not in _SECURITY_HEADER_NAMES]
+            headers.extend(SECURITY_HEADERS)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start_hardened)

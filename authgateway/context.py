@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import Engine
 
 from .apikeys import ApiKeyCache
 from .config import Settings
 from .crypto import KeyRing
 from .plugins import Providers
+from .storage import RowReader
 
 
 @dataclass
@@ -19,8 +19,8 @@ class Gateway:
     providers: Providers
     settings: Settings
     api_keys: ApiKeyCache
-    #: Reads of one statement, in autocommit (storage.autocommit_reader): the token lookup.
-    reader: Engine
+    #: The token lookup's read, below SQLAlchemy's Connection (storage.RowReader).
+    reader: RowReader
 
 
 def gateway() -> Gateway:

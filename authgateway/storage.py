@@ -6,10 +6,11 @@ import re
 import threading
 import time
 import weakref
+from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, Select, event, make_url
 from sqlalchemy.exc import DisconnectionError
 
 from .extensions import db
@@ -26,7 +27,12 @@ POOL_RECYCLE_SECONDS = 3600
 def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) -> dict:
     if url.startswith("sqlite"):
         # Waits for SQLite's write lock instead of failing at once while another writer holds it.
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        if make_url(url).database not in (None, "", ":memory:"):  # in memory: one connection
+            # The pool as large as on PostgreSQL: with SQLAlchemy's default of 5, a sixth busy
+            # thread opened and closed a connection (and its WAL setup) on every request.
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+        return options
     # No pool_pre_ping: it costs a round trip on every checkout, as much as the token read
     # itself. configure_engine pings only connections that were idle (IDLE_PING_SECONDS).
     # LIFO: the connection handed out is the one used last, so under light load the same few
@@ -38,16 +44,89 @@ def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) 
             "connect_args": {"prepare_threshold": prepare_threshold}}
 
 
-def autocommit_reader(engine: Engine) -> Engine:
-    """The engine for reads of one statement, such as the token lookup: on PostgreSQL its
-    connections run in autocommit, so the read is one round trip, with no BEGIN before it and
-    no ROLLBACK after it. It shares ``engine``'s pool and its event listeners."""
-    if engine.dialect.name == "sqlite":
-        # Already so: configure_engine takes pysqlite's implicit BEGIN away, so a lone SELECT
-        # is one statement. (SQLAlchemy's AUTOCOMMIT level on SQLite would, on the way back to
-        # the pool, hand transactions back to pysqlite and undo configure_engine.)
-        return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+class RowReader:
+    """Runs a SELECT that names one row and returns that row, on a connection from the engine's
+    own pool but below SQLAlchemy's Connection: the token lookup, the hot path (issue 8).
+
+    Around a read of a few dozen microseconds, a Connection, its transaction bookkeeping, the
+    execution context and the Result cost three to four times as much again. Here the statement
+    is still written in SQLAlchemy and compiled by it, once per statement; the columns' own
+    result processors decode the row as a Result would (UTCDateTime on SQLite, for one); and
+    the pool is the engine's, with its limits and checkout events (the idle ping), so there is
+    no second pool. What SQLAlchemy's cursor events would have shown is not emitted: the tests
+    read the wire itself (tests/wire.py).
+
+    On PostgreSQL the read runs in autocommit, as SQLAlchemy's AUTOCOMMIT isolation level does
+    it: one round trip, with no BEGIN before it and no ROLLBACK after it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._autocommit = engine.dialect.name != "sqlite"  # SQLite: see configure_engine
+        self._compiled: dict[Select, _CompiledRead] = {}
+
+    def first(self, statement: Select, **params) -> tuple | None:
+        read = self._compiled.get(statement)
+        if read is None:
+            read = self._compiled[statement] = _CompiledRead(statement, self.engine.dialect)
+        try:
+            return self._first(read, params)
+        except _Disconnected:
+            # The server closed a connection that looked alive (a restart, a proxy's idle
+            # timeout): it has left the pool. A read is safe to repeat, once, on a new one.
+            return self._first(read, params)
+
+    def _first(self, read: _CompiledRead, params: dict) -> tuple | None:
+        dialect = self.engine.dialect
+        pooled = self.engine.raw_connection()
+        try:
+            if self._autocommit:
+                pooled.driver_connection.autocommit = True
+            cursor = pooled.cursor()
+            try:
+                cursor.execute(read.sql, read.parameters(params))
+                row = cursor.fetchone()
+            except dialect.loaded_dbapi.Error as exc:
+                if dialect.is_disconnect(exc, pooled.dbapi_connection, cursor):
+                    pooled.invalidate(exc)  # as a Connection would: it leaves the pool
+                    raise _Disconnected() from exc
+                raise
+            finally:
+                if pooled.is_valid:
+                    cursor.close()
+            if self._autocommit:
+                pooled.driver_connection.autocommit = False
+        finally:
+            pooled.close()  # back to the pool, which rolls back whatever is left (nothing)
+        return None if row is None else read.decode(row)
+
+
+class _Disconnected(DisconnectionError):
+    """RowReader's connection turned out to be closed by the server."""
+
+
+class _CompiledRead:
+    """A SELECT compiled for one dialect: its SQL, how to pass its parameters, and how to
+    decode its columns into a named tuple."""
+
+    def __init__(self, statement: Select, dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self._compiled = compiled
+        columns = list(statement.selected_columns)
+        self._row = namedtuple("Row", [column.key for column in columns])  # noqa: PYI024
+        self._processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                            for column in columns]
+
+    def parameters(self, params: dict):
+        values = self._compiled.construct_params(params)
+        if self._compiled.positional:
+            return tuple(values[name] for name in self._compiled.positiontup)
+        return values
+
+    def decode(self, raw: tuple) -> tuple:
+        return self._row._make(value if process is None or value is None else process(value)
+                               for process, value in zip(self._processors, raw, strict=True))
 
 
 def configure_engine(engine: Engine) -> None:

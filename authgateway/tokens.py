@@ -64,9 +64,11 @@ def _valid_for(row: Row, seconds: float) -> bool:
     return row.expires_at is None or row.expires_at > utcnow() + timedelta(seconds=seconds)
 
 
-def _decrypt(row: Row, column: str) -> str:
+def _decrypt(row: Row, column: str, *, cached: bool = False) -> str:
+    keyring = gateway().keyring
+    decrypt = keyring.decrypt_cached if cached else keyring.decrypt
     try:
-        return gateway().keyring.decrypt(getattr(row, column), row.key_id)
+        return decrypt(getattr(row, column), row.key_id)
     except DecryptionFailedError as exc:
         log.error("credential %s (%s, %s) cannot be decrypted: %s", row.id, row.provider,
                   row.user_email, exc.reason)
@@ -75,7 +77,7 @@ def _decrypt(row: Row, column: str) -> str:
 
 def _answer(row: Row) -> AccessToken:
     return AccessToken(
-        access_token=_decrypt(row, "access_token_encrypted"),
+        access_token=_decrypt(row, "access_token_encrypted", cached=True),
         token_type="Bearer",
         expires_at=row.expires_at,
         scopes=row.scopes.split(),
@@ -86,8 +88,7 @@ def get_token(user_email: str, provider: str, *, min_valid_seconds: float,
               force_refresh: bool = False) -> AccessToken:
     """A token valid for at least ``min_valid_seconds``. The common case is one read, no lock:
     one round trip to the database, in autocommit."""
-    with gateway().reader.connect() as connection:
-        row = _read(connection, user_email, provider)
+    row = gateway().reader.first(_SEEN, user_email=user_email, provider=provider)
     if row is None:
         raise NotAuthenticatedError()
     if row.status == NEEDS_REAUTH:

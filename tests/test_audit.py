@@ -13,13 +13,14 @@ import time
 
 import requests
 from cryptography.fernet import Fernet
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from authgateway import audit, create_app
 from authgateway.extensions import db
 from authgateway.models import AuditEvent
 from tests.conftest import ENCRYPTION_KEY, HEADERS, base_config
 from tests.flow import connect, consent, start, token
+from tests.wire import WRITE, Wire
 
 
 def events(app, action: str | None = None) -> list[tuple]:
@@ -85,25 +86,21 @@ def test_a_reencryption(client, google, database_url):
 
 
 def test_tokens_served_are_counted_and_written_in_bulk(make_app, google):
-    app = make_app(AUDIT_FLUSH_SECONDS=3600)
+    # Unprepared statements, so that PostgreSQL's wire shows the text of every one of them.
+    app = make_app(AUDIT_FLUSH_SECONDS=3600, DB_PREPARE_THRESHOLD="none")
     client = app.test_client()
     connect(client)
     connect(client, "bob@example.com")
-    inserts = []
-
-    def seen(conn, cursor, sql, *rest) -> None:
-        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
-            inserts.append(sql)
-
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", seen)
-        try:
-            for _ in range(5):
-                assert token(client).status_code == 200
-            assert token(client, "bob@example.com").status_code == 200
-        finally:
-            event.remove(db.engine, "before_cursor_execute", seen)
-    assert inserts == []  # the hot path wrote nothing
+        wire = Wire(db.engine)
+    with wire:  # requests outside this app context, each in its own as in production
+        for _ in range(5):
+            assert token(client).status_code == 200
+        assert token(client, "bob@example.com").status_code == 200
+        statements = wire.statements(wire.take()[1])
+    assert any(" FROM credentials " in sql for sql in statements), statements  # watched
+    writes = [sql for sql in statements if WRITE.match(sql)]
+    assert writes == []  # the hot path wrote nothing
     assert events(app, "token_served") == []
     assert audit.served_tokens(app).flush() == 2
     with app.app_context():

@@ -1,105 +1,23 @@
 """The hot path stays cheap (issue 8): POST /auth/token for a valid token costs one database
 round trip and writes nothing, and a valid API key costs no database work once it is cached.
 
-What reaches the database is read on the wire, below SQLAlchemy and whatever bypasses it: on
-PostgreSQL from libpq's own trace of the protocol (every ReadyForQuery ends one exchange, so a
-BEGIN, a ROLLBACK or a pre-ping counts), on SQLite from sqlite3's trace of every statement it
-runs (BEGIN and COMMIT included)."""
+What reaches the database is read on the wire (tests/wire.py), below SQLAlchemy and whatever
+bypasses it."""
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-
 import psycopg
 import pytest
-from sqlalchemy import event
 
 from authgateway import apikeys, storage
 from authgateway.extensions import db
 from tests.conftest import HEADERS
 from tests.flow import connect, token
+from tests.wire import WRITE, Wire
 
-WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-#: The server's "ready" at the end of each exchange, with the transaction state it is left in.
-READY_FOR_QUERY = re.compile(r"^B\t\d+\tReadyForQuery\t (\w)", re.MULTILINE)
 #: More token calls than psycopg's prepare_threshold (5): the one-off extra round trip that
 #: prepares the statement on the server is behind us before counting starts.
 WARM_UP_CALLS = 8
-
-
-class Wire:
-    """What an engine's pooled connections send to the database, read between requests.
-
-    Only connections opened after it is made are watched, so it empties the pool first."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.backend = engine.dialect.name
-        self._sqlite: list[str] = []
-        self._sqlite_connections: list = []
-        self._fds: list[int] = []
-        self._open: dict[int, tuple[object, int]] = {}  # id(pgconn) -> (pgconn, its trace fd)
-        self._read: dict[int, int] = {}  # trace fd -> bytes taken so far
-        engine.dispose()
-        self._listeners = [("connect", self._connected), ("close", self._closing),
-                           ("close_detached", self._closing)]
-        for name, listener in self._listeners:
-            event.listen(engine, name, listener)
-
-    def _connected(self, dbapi_connection, _record) -> None:
-        if self.backend == "sqlite":
-            dbapi_connection.set_trace_callback(self._sqlite.append)
-            self._sqlite_connections.append(dbapi_connection)
-            return
-        fd, path = tempfile.mkstemp(prefix="libpq-trace-")
-        os.unlink(path)
-        self._fds.append(fd)
-        self._read[fd] = 0
-        self._open[id(dbapi_connection.pgconn)] = (dbapi_connection.pgconn, fd)
-        self._trace(dbapi_connection.pgconn, fd)
-
-    def _closing(self, dbapi_connection, _record=None) -> None:
-        # libpq writes its trace through stdio: flush it before the connection goes away.
-        watched = self._open.pop(id(getattr(dbapi_connection, "pgconn", None)), None)
-        if watched is not None:
-            watched[0].untrace()
-
-    @staticmethod
-    def _trace(pgconn, fd: int) -> None:
-        pgconn.trace(fd)
-        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    def take(self) -> tuple[int, str]:
-        """Round trips since the last call, and what was said: sqlite3's statements, or
-        libpq's trace of the messages both ways. Fails if a transaction was left open."""
-        if self.backend == "sqlite":
-            ran, self._sqlite[:] = list(self._sqlite), []
-            assert not any(connection.in_transaction for connection in self._sqlite_connections)
-            return len(ran), "\n".join(ran)
-        for pgconn, fd in self._open.values():
-            pgconn.untrace()  # flushes
-            self._trace(pgconn, fd)
-        trips, said = 0, ""
-        for fd in self._fds:
-            new = os.pread(fd, 1 << 20, self._read[fd])
-            self._read[fd] += len(new)
-            text = new.decode(errors="replace")
-            states = READY_FOR_QUERY.findall(text)
-            # I: idle, the connection's last exchange ended outside a transaction.
-            assert states[-1:] in ([], ["I"]), f"a transaction was left open:\n{text}"
-            trips, said = trips + len(states), said + text
-        return trips, said
-
-    def close(self) -> None:
-        self.engine.dispose()
-        for name, listener in self._listeners:
-            event.remove(self.engine, name, listener)
-        for pgconn, _fd in self._open.values():
-            pgconn.untrace()
-        for fd in self._fds:
-            os.close(fd)
 
 
 @pytest.fixture
@@ -112,7 +30,7 @@ def wired(make_app):
         client = app.test_client()
         connect(client)
         with app.app_context():
-            wire = Wire(db.engine)  # the token read's engine shares this pool (autocommit_reader)
+            wire = Wire(db.engine)  # the token read (storage.RowReader) draws from this pool
         wires.append(wire)
         return app, client, wire
 
@@ -170,3 +88,31 @@ def test_a_connection_that_died_while_idle_is_replaced_before_use(wired, databas
     monkeypatch.setattr(storage, "IDLE_PING_SECONDS", 0.0)
     answer = token(client)
     assert answer.status_code == 200, answer.get_json()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite has no server
+def test_a_connection_that_died_while_in_use_costs_no_failed_request(wired, database_url,
+                                                                     request):
+    """Without the idle ping (the connections were used a moment ago), the read finds its
+    connection closed by the server: it is dropped from the pool and the read is made again on
+    a new one, so the caller still gets its token, and so does the next one."""
+    app, client, _wire = wired()
+    first = token(client)
+    assert first.status_code == 200
+    with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert killed >= 1
+    for _ in range(3):
+        answer = token(client)
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["access_token"] == first.get_json()["access_token"]
+
+
+def test_the_pool_holds_a_connection_for_every_thread(make_app):
+    """On SQLite as on PostgreSQL: with SQLAlchemy's default of 5 for a SQLite file, a sixth
+    busy waitress thread opened and closed a connection on every request."""
+    app = make_app()
+    with app.app_context():
+        assert db.engine.pool.size() == app.config["DB_POOL_SIZE"] >= app.config["THREADS"]

@@ -7,7 +7,7 @@ import logging
 import threading
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from authgateway import create_app, ratelimit
 from authgateway.errors import ConfigError
@@ -15,6 +15,7 @@ from authgateway.extensions import db
 from authgateway.models import RateLimit
 from tests.conftest import HEADERS, base_config
 from tests.flow import connect, token
+from tests.wire import Wire
 
 WRONG = {"X-API-Key": "not-the-key"}
 PATH = "/auth/providers/ada@example.com"
@@ -65,22 +66,18 @@ def test_the_limit_holds_across_processes(make_app):
 
 
 def test_valid_keys_cost_no_database_work(make_app, google):
-    app = make_app(RATELIMIT_BAD_KEY="3/minute")
+    # Unprepared statements, so that PostgreSQL's wire names the tables of every one of them.
+    app = make_app(RATELIMIT_BAD_KEY="3/minute", DB_PREPARE_THRESHOLD="none")
     client = app.test_client()
     connect(client)
-    statements = []
-
-    def seen(conn, cursor, sql, *rest) -> None:
-        statements.append(sql)
-
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", seen)
-        try:
-            for _ in range(10):
-                assert token(client).status_code == 200
-        finally:
-            event.remove(db.engine, "before_cursor_execute", seen)
-    assert statements and not any("rate_limits" in sql for sql in statements)
+        wire = Wire(db.engine)
+    with wire:  # requests outside this app context, each in its own as in production
+        for _ in range(10):
+            assert token(client).status_code == 200
+        statements = wire.statements(wire.take()[1])
+    assert any(" FROM credentials " in sql for sql in statements), statements  # watched
+    assert not any("rate_limits" in sql for sql in statements), statements
     assert rows(app) == {"init:bootstrap": 1}  # the flow connect() started, nothing more
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from authgateway import tokens
@@ -22,6 +22,7 @@ from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
 from tests.conftest import HEADERS
 from tests.flow import connect, token
+from tests.wire import Wire
 
 EMAIL = "ada@example.com"
 BOOKKEEPING = {"refresh_failures", "last_error", "last_error_at"}
@@ -90,23 +91,21 @@ def closed_port():
 
 # ---- the hot path ------------------------------------------------------------------------
 
-def test_a_valid_token_is_one_read_no_lock_no_write_no_upstream_call(app, client, google):
+def test_a_valid_token_is_one_read_no_lock_no_write_no_upstream_call(make_app, google):
+    # Unprepared statements, so that PostgreSQL's wire shows the read's SQL text.
+    app = make_app(DB_PREPARE_THRESHOLD="none")
+    client = app.test_client()
     connect(client)
     upstream_before = len(google.requests)
-    statements: list[str] = []
-    with app.app_context():
-        def record(_conn, _cursor, statement, *_args):
-            statements.append(statement.strip())
-
-        event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            answer = tokens.get_token(EMAIL, "google", min_valid_seconds=300)
-        finally:
-            event.remove(db.engine, "before_cursor_execute", record)
+    with app.app_context(), Wire(db.engine) as wire:
+        answer = tokens.get_token(EMAIL, "google", min_valid_seconds=300)
+        trips, said = wire.take()
     assert google.token_is_live(answer.access_token)
-    queries = [s for s in statements if s.split()[0].upper() not in ("BEGIN", "ROLLBACK")]
-    assert len(queries) == 1 and queries[0].upper().startswith("SELECT")
-    assert not any("FOR UPDATE" in s.upper() or "IMMEDIATE" in s.upper() for s in statements)
+    # One exchange: no BEGIN (IMMEDIATE or not) before the read, no COMMIT or ROLLBACK after.
+    assert trips == 1, said
+    [read] = wire.statements(said)
+    assert read.startswith("SELECT ") and " FROM credentials " in read, read
+    assert "FOR UPDATE" not in read, read
     assert len(google.requests) == upstream_before and google.refresh_count == 0
 
 

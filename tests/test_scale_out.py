@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from sqlalchemy import UniqueConstraint, event, update
+from sqlalchemy import UniqueConstraint, update
 
 from authgateway import audit, create_app
 from authgateway.extensions import db
@@ -30,6 +30,7 @@ from authgateway.providers import oauth2
 from tests.conftest import HEADERS, base_config, empty_tables, in_ci
 from tests.fakes.google import JWKS_PATH
 from tests.flow import connect, consent, start, token
+from tests.wire import Wire
 
 EMAIL = "ada@example.com"
 REDIRECT_URI = "http://localhost/auth/callback/google"
@@ -126,8 +127,8 @@ def test_each_process_opens_at_most_twice_db_pool_size_connections(postgres_url)
     with app.app_context():
         assert db.engine.pool.size() == 7
         assert db.engine.pool._max_overflow == 7
-        # The token read's autocommit engine draws from this same pool, not from one of its own.
-        assert reader.pool is db.engine.pool
+        # The token read draws from this same pool, not from one of its own.
+        assert reader.engine is db.engine and reader.engine.pool is db.engine.pool
         db.engine.dispose()
 
 
@@ -271,31 +272,29 @@ def test_what_sharding_by_user_email_finds_in_the_schema_and_the_queries(migrate
     """The facts the Citus section rests on, on PostgreSQL: the hot path and the refresh lock
     name user_email (single-shard on a distributed table); the unique constraint holds it; the
     primary keys and the callback's lookup by state do not (the work listed before sharding)."""
-    app = gateway_on(migrated)
+    # Unprepared statements, so that the wire shows the text of every one of them.
+    app = gateway_on(migrated, DB_PREPARE_THRESHOLD="none")
     client = app.test_client()
-    statements: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args):
-        statements.append(" ".join(statement.split()))
-
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", record)
-    try:
+        wire = Wire(db.engine)
+    with wire:
         connect(client)
+        flow = wire.statements(wire.take()[1])
         assert token(client).status_code == 200
+        hot_path = wire.statements(wire.take()[1])
         assert token(client, force_refresh=True).status_code == 200
-    finally:
-        with app.app_context():
-            event.remove(db.engine, "before_cursor_execute", record)
+        refresh = wire.statements(wire.take()[1])
 
     def where(statement: str) -> str:
         return statement.partition(" WHERE ")[2]
 
-    on_credentials = [s for s in statements if re.search(r"\bFROM credentials\b", s)]
-    reads = [s for s in on_credentials if s.startswith("SELECT") and "FOR UPDATE" not in s]
-    locks = [s for s in on_credentials if "FOR UPDATE" in s]
-    assert reads and locks
-    assert all("credentials.user_email" in where(s) for s in reads + locks)
+    def on_credentials(statements: list[str]) -> list[str]:
+        return [s for s in statements if re.search(r"\bFROM credentials\b", s)]
+
+    [read] = on_credentials(hot_path)
+    locks = [s for s in on_credentials(refresh) if "FOR UPDATE" in s]
+    assert locks
+    assert all("credentials.user_email" in where(s) for s in [read, *locks]), [read, *locks]
 
     credentials, sessions = (db.metadata.tables[name] for name in ("credentials",
                                                                   "auth_sessions"))
@@ -304,7 +303,7 @@ def test_what_sharding_by_user_email_finds_in_the_schema_and_the_queries(migrate
                                                                        UniqueConstraint))
     assert [c.name for c in credentials.primary_key] == ["id"]
     assert [c.name for c in sessions.primary_key] == ["id"]
-    by_state = [s for s in statements if "FROM auth_sessions" in s and "state_hash" in where(s)]
+    by_state = [s for s in flow if "FROM auth_sessions" in s and "state_hash" in where(s)]
     assert by_state and not any("user_email" in where(s) for s in by_state)
 
 
