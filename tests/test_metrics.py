@@ -101,14 +101,19 @@ def test_failed_flows_are_counted_by_reason_and_labels_carry_no_caller_input(cli
     assert page.status_code == 400
     client.get(f"/auth/providers/{EMAIL}", headers=HEADERS)
     client.get("/auth/no-such-path-" + "x" * 40, headers=HEADERS)
+    invented = client.open("/auth/token", method="SCANNERMADEUP", headers=HEADERS)
+    assert invented.status_code == 405
 
     response = client.get("/metrics", headers=HEADERS)
     after = parse(response.text)
+    assert moved(before, after, "authgateway_http_requests_total", endpoint="unmatched",
+                 method="other", status="405") == 1
     assert moved(before, after, "authgateway_flows_total", provider="google",
                  outcome="provider_error") == 1
     assert moved(before, after, "authgateway_http_requests_total", endpoint="unmatched",
                  method="GET", status="404") == 1
-    for secret_or_input in (EMAIL, "an_error_a_scanner_made_up", "no-such-path", API_KEY):
+    for secret_or_input in (EMAIL, "an_error_a_scanner_made_up", "no-such-path", API_KEY,
+                            "SCANNERMADEUP"):
         assert secret_or_input not in response.text
 
 
