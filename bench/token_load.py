@@ -7,10 +7,15 @@ same waitress threads; drives them with wrk (bench/token.lua rotates the users a
 key) at 16 connections and at 1, one target after the other in every round, and prints the
 medians: requests/s, p50, p99, peak RSS of the serving process, and the ratio to the bare route.
 
+Every server runs pinned to one CPU (the last) and wrk to another (the first), the same for all
+of them, unless --no-pin: a load generator that competes with the server for its cores measures
+itself, and a CPython server's threads pass the interpreter lock between cores at the price of
+a cross-CPU wake-up each time (docs/scale-out.md). --no-pin shows the unpinned numbers too.
+
 Then a refresh storm: 200 concurrent calls on 20 expired credentials, against the fake Google of
 the tests with a small provider latency; it must cause exactly 20 upstream refreshes.
 
-    /tmp/venv/bin/python bench/token_load.py [--rounds 3] [--seconds 10] [--threads N]
+    .venv/bin/python bench/token_load.py [--rounds 3] [--seconds 10] [--threads N] [--no-pin]
 
 Needs `wrk` (Debian: apt-get install wrk) and a PostgreSQL it may create a database on
 (BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/test).
@@ -117,6 +122,13 @@ def pg_counters(url: str) -> dict[str, int]:
 
 # ---- servers -----------------------------------------------------------------------------
 
+def pin_to(cpu: int | None):
+    """For subprocess' preexec_fn: run the child (and the threads it starts) on ``cpu`` only."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,7 +138,8 @@ def free_port() -> int:
 class Server:
     """One serving process on a free loopback port, its output in a log file."""
 
-    def __init__(self, name: str, command: list[str], env: dict, logs: Path) -> None:
+    def __init__(self, name: str, command: list[str], env: dict, logs: Path,
+                 cpu: int | None) -> None:
         self.name = name
         self.requests = 0  # answers counted by wrk, warm-up included
         self.port = free_port()
@@ -135,7 +148,7 @@ class Server:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(  # noqa: S603 (our own argv)
                 [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env, stdout=out, stderr=subprocess.STDOUT)
+                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin_to(cpu))
 
     def wait_ready(self, timeout: float = 30) -> Server:
         deadline = time.monotonic() + timeout
@@ -185,12 +198,13 @@ def gateway_command() -> list[str]:
 
 # ---- load --------------------------------------------------------------------------------
 
-def run_wrk(server: Server, connections: int, seconds: int, api_key: str) -> dict:
+def run_wrk(server: Server, connections: int, seconds: int, api_key: str,
+            cpu: int | None) -> dict:
     """One wrk run against POST /auth/token: requests/s, p50 and p99 in ms, error counts."""
     done = subprocess.run(  # noqa: S603 (our own argv)
         [shutil.which("wrk") or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
          "--timeout", "5s", "-s", str(LUA), server.url + "/auth/token", "--", api_key, str(USERS)],
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True, check=True, preexec_fn=pin_to(cpu))
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if line is None:
         sys.exit(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
@@ -204,15 +218,15 @@ def run_wrk(server: Server, connections: int, seconds: int, api_key: str) -> dic
 
 
 def load(servers: list[Server], rounds: int, seconds: int, warmup: int,
-         api_key: str) -> dict[tuple[str, int], list[dict]]:
+         api_key: str, cpu: int | None) -> dict[tuple[str, int], list[dict]]:
     """Every server in turn within each round (A B C A B C ...), 16 connections then 1."""
     for server in servers:  # fill the API key cache, the pool, the prepared statements
-        server.requests += run_wrk(server, 16, warmup, api_key)["requests"]
+        server.requests += run_wrk(server, 16, warmup, api_key, cpu)["requests"]
     results: dict[tuple[str, int], list[dict]] = {}
     for connections in (16, 1):
         for round_number in range(1, rounds + 1):
             for server in servers:
-                result = run_wrk(server, connections, seconds, api_key)
+                result = run_wrk(server, connections, seconds, api_key, cpu)
                 server.requests += result["requests"]
                 results.setdefault((server.name, connections), []).append(result)
                 print(f"  round {round_number} c={connections:<2} {server.name:18} "
@@ -330,7 +344,12 @@ def main() -> None:
         "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="a database to connect to for CREATE DATABASE (the bench uses its own)")
     parser.add_argument("--no-storm", action="store_true", help="skip the refresh storm")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave servers and wrk on any CPU (default: each on its own)")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, load_cpu = ((cpus[-1], cpus[0]) if len(cpus) > 1 and not args.no_pin
+                            else (None, None))
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
 
@@ -344,23 +363,27 @@ def main() -> None:
             apps = {url: local_app(url, key, api_key, google) for url in (pg_url, sqlite_url)}
             for app in apps.values():
                 migrate_and_fill(app, key)
+            pinning = ("unpinned" if server_cpu is None else
+                       f"servers on CPU {server_cpu}, wrk on CPU {load_cpu}")
             print(f"{USERS} credentials on PostgreSQL and SQLite; waitress threads: "
-                  f"{args.threads}; logs in {work}", file=sys.stderr)
+                  f"{args.threads}; {pinning}; logs in {work}", file=sys.stderr)
 
             def gateway(name: str, url: str) -> Server:
                 instance = work / name.replace(" ", "_")
                 instance.mkdir(exist_ok=True)
                 return Server(name, gateway_command(),
-                              gateway_env(url, key, api_key, args.threads, instance, google), work)
+                              gateway_env(url, key, api_key, args.threads, instance, google), work,
+                              server_cpu)
 
             pg_before = pg_counters(pg_url)
             servers = [gateway("gateway (PG)", pg_url),
                        Server("bare Flask", [sys.executable, str(BARE_APP), "--threads",
-                                             str(args.threads)], dict(os.environ), work),
+                                             str(args.threads)], dict(os.environ), work,
+                              server_cpu),
                        gateway("gateway (SQLite)", sqlite_url)]
             for server in servers:
                 server.wait_ready()
-            results = load(servers, args.rounds, args.seconds, args.warmup, api_key)
+            results = load(servers, args.rounds, args.seconds, args.warmup, api_key, load_cpu)
             rss = {server.name: server.peak_rss_mb() for server in servers}
             pg_requests = servers[0].requests
             for server in servers:
@@ -368,7 +391,8 @@ def main() -> None:
             time.sleep(1)  # the gateway's backends flush their statistics as they exit
             pg_after = pg_counters(pg_url)
 
-            print()
+            print(f"\n{pinning}, waitress threads {args.threads}, {args.rounds} rounds of "
+                  f"{args.seconds} s")
             print(table(results, rss, "bare Flask"))
             print()
             print(goals(results, rss, "bare Flask", ["gateway (PG)", "gateway (SQLite)"]))
