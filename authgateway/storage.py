@@ -25,22 +25,23 @@ POOL_RECYCLE_SECONDS = 3600
 
 
 def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) -> dict:
+    # As many connections again in overflow for bursts. LIFO: the connection handed out is the
+    # one used last, so under light load the same few stay warm (their prepared statements too)
+    # and the others age out of use.
+    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_use_lifo": True}
     if url.startswith("sqlite"):
         # Waits for SQLite's write lock instead of failing at once while another writer holds it.
         options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
         if make_url(url).database not in (None, "", ":memory:"):  # in memory: one connection
-            # The pool as large as on PostgreSQL: with SQLAlchemy's default of 5, a sixth busy
+            # The same pool as on PostgreSQL: with SQLAlchemy's default of 5, a sixth busy
             # thread opened and closed a connection (and its WAL setup) on every request.
-            options.update(pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+            options.update(pool)
         return options
     # No pool_pre_ping: it costs a round trip on every checkout, as much as the token read
     # itself. configure_engine pings only connections that were idle (IDLE_PING_SECONDS).
-    # LIFO: the connection handed out is the one used last, so under light load the same few
-    # stay warm (their prepared statements too) and the others age out of use.
     # psycopg prepares a statement on the server after ``prepare_threshold`` executions; None
     # turns that off, which PgBouncer in transaction mode before 1.21 needs (docs/scale-out.md).
-    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_use_lifo": True,
-            "pool_recycle": POOL_RECYCLE_SECONDS,
+    return {**pool, "pool_recycle": POOL_RECYCLE_SECONDS,
             "connect_args": {"prepare_threshold": prepare_threshold}}
 
 

@@ -97,7 +97,7 @@ def test_tokens_served_are_counted_and_written_in_bulk(make_app, google):
         for _ in range(5):
             assert token(client).status_code == 200
         assert token(client, "bob@example.com").status_code == 200
-        statements = wire.statements(wire.take()[1])
+        statements = wire.take_statements()
     assert any(" FROM credentials " in sql for sql in statements), statements  # watched
     writes = [sql for sql in statements if WRITE.match(sql)]
     assert writes == []  # the hot path wrote nothing

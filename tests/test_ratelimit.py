@@ -75,7 +75,7 @@ def test_valid_keys_cost_no_database_work(make_app, google):
     with wire:  # requests outside this app context, each in its own as in production
         for _ in range(10):
             assert token(client).status_code == 200
-        statements = wire.statements(wire.take()[1])
+        statements = wire.take_statements()
     assert any(" FROM credentials " in sql for sql in statements), statements  # watched
     assert not any("rate_limits" in sql for sql in statements), statements
     assert rows(app) == {"init:bootstrap": 1}  # the flow connect() started, nothing more

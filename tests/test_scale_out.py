@@ -279,11 +279,11 @@ def test_what_sharding_by_user_email_finds_in_the_schema_and_the_queries(migrate
         wire = Wire(db.engine)
     with wire:
         connect(client)
-        flow = wire.statements(wire.take()[1])
+        flow = wire.take_statements()
         assert token(client).status_code == 200
-        hot_path = wire.statements(wire.take()[1])
+        hot_path = wire.take_statements()
         assert token(client, force_refresh=True).status_code == 200
-        refresh = wire.statements(wire.take()[1])
+        refresh = wire.take_statements()
 
     def where(statement: str) -> str:
         return statement.partition(" WHERE ")[2]

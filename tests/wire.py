@@ -106,6 +106,10 @@ class Wire:
         sent = (_SQL.fullmatch(message) for message in _MESSAGE.split(said))
         return [" ".join(match[1].split()) for match in sent if match]
 
+    def take_statements(self) -> list[str]:
+        """The SQL statements since the last take(), each on one line (see statements)."""
+        return self.statements(self.take()[1])
+
     def close(self) -> None:
         self.engine.dispose()
         for name, listener in self._listeners:
