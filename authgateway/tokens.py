@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import Connection, Row, bindparam, delete, select, update
 
 from . import audit, metrics
@@ -162,7 +163,7 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
                   "(%s); check %s_CLIENT_ID and %s_CLIENT_SECRET", row.provider, exc.code,
                   row.provider.upper(), row.provider.upper())
         return ProviderMisconfiguredError()
-    values = _token_values(tokens, refresh_token_fallback=refresh_token,
+    values = _token_values(row.provider, tokens, refresh_token_fallback=refresh_token,
                            scopes_fallback=row.scopes.split())
     now = utcnow()
     # The rotated refresh token (if any) lands in this same write: the old one is never sent
@@ -195,10 +196,11 @@ def _is_misconfiguration(code: str | None) -> bool:
     )
 
 
-def _token_values(tokens: TokenSet, *, refresh_token_fallback: str | None,
+def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: str | None,
                   scopes_fallback: list[str]) -> dict:
     """The columns a token response sets. Both ciphertexts share one key id, so a kept refresh
     token is encrypted again under the current key along with the new access token."""
+    _warn_if_outlived_by_buffer(provider, tokens.expires_in)
     keyring = gateway().keyring
     refresh_token = tokens.refresh_token or refresh_token_fallback
     expires_at = (utcnow() + timedelta(seconds=tokens.expires_in)
@@ -212,6 +214,25 @@ def _token_values(tokens: TokenSet, *, refresh_token_fallback: str | None,
         "scopes": " ".join(scopes),
         "status": ACTIVE,
     }
+
+
+_warned_short_lifetimes: set[str] = set()
+
+
+def _warn_if_outlived_by_buffer(provider: str, expires_in: float | None) -> None:
+    """Tell the operator, once per provider and process, when the provider's access tokens live
+    no longer than the default refresh buffer (Keycloak's 300 s against our 300 s): every
+    /auth/token call without min_valid_seconds then finds its token expiring "soon" and
+    refreshes at the provider. API.md fixes what the buffer means; the operator sets it."""
+    buffer = current_app.config["TOKEN_REFRESH_BUFFER_SECONDS"]
+    if expires_in is None or expires_in > buffer or provider in _warned_short_lifetimes:
+        return
+    _warned_short_lifetimes.add(provider)
+    log.warning("%s issues access tokens that live %d s, no longer than "
+                "TOKEN_REFRESH_BUFFER_SECONDS (%d s): every /auth/token call that leaves out "
+                "min_valid_seconds refreshes at the provider. Set "
+                "AUTH_GATEWAY_TOKEN_REFRESH_BUFFER_SECONDS below that lifetime (a third of it, "
+                "say), or lengthen the lifetime at the provider.", provider, expires_in, buffer)
 
 
 def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
@@ -264,7 +285,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                                                            credential.key_id)
         except DecryptionFailedError:
             kept_refresh_token = None
-    values = _token_values(tokens, refresh_token_fallback=kept_refresh_token,
+    values = _token_values(provider, tokens, refresh_token_fallback=kept_refresh_token,
                            scopes_fallback=requested)
     now = utcnow()
     if credential is None:

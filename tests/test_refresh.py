@@ -147,6 +147,34 @@ def test_a_lifetime_shorter_than_the_buffer_still_means_one_refresh(app, client,
     assert google.refresh_count == 1
 
 
+def test_a_lifetime_inside_the_buffer_is_named_to_the_operator_once(make_app, google, caplog,
+                                                                     monkeypatch):
+    """Every sequential call refreshes when tokens live no longer than the buffer (Keycloak's
+    300 s against our 300 s). The operator is told once, with the setting that fixes it, and
+    the setting does fix it."""
+    monkeypatch.setattr(tokens, "_warned_short_lifetimes", set())
+    google.access_token_ttl = 300
+    client = make_app().test_client()
+    with caplog.at_level(logging.WARNING, logger="authgateway.tokens"):
+        connect(client)
+        for _ in range(3):
+            assert token(client).status_code == 200
+    assert google.refresh_count == 3  # what the warning is about
+    warnings = [r.getMessage() for r in caplog.records if "TOKEN_REFRESH_BUFFER" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("google issues access tokens that live 300 s")
+    assert "AUTH_GATEWAY_TOKEN_REFRESH_BUFFER_SECONDS" in warnings[0]
+
+    caplog.clear()
+    client = make_app(TOKEN_REFRESH_BUFFER_SECONDS=100).test_client()
+    with caplog.at_level(logging.WARNING, logger="authgateway.tokens"):
+        connect(client)
+        for _ in range(3):
+            assert token(client).status_code == 200
+    assert google.refresh_count == 3  # no more refreshes
+    assert not [r for r in caplog.records if "TOKEN_REFRESH_BUFFER" in r.getMessage()]
+
+
 def test_concurrent_force_refresh_callers_share_one_refresh(app, client, google):
     connect(client)
     google.refresh_latency = 0.3
