@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import threading
 import time
@@ -9,6 +11,7 @@ import weakref
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Select, event, make_url
 from sqlalchemy.exc import DisconnectionError
@@ -198,14 +201,67 @@ def _process_lock(key: object) -> threading.Lock:
         return lock
 
 
+#: SQLite: how many lock files beside the database share out the credentials (by id, modulo
+#: this). Two credentials on one file wait for each other's refresh: rare, and it costs only
+#: time, as every refresh did before each credential had a lock of its own.
+CREDENTIAL_LOCK_FILES = 256
+
+
+@contextmanager
+def credential_transaction(credential_id: int) -> Iterator[Connection]:
+    """A transaction in which a credential is read, the provider called, and the outcome
+    written, while every other caller of this function for the same credential waits, across
+    threads and processes: the refresh path's one-refresh rule, and revocation.
+
+    PostgreSQL: the caller reads the row ``FOR UPDATE``, which locks it until the commit.
+
+    SQLite has no row locks, and its one write lock must not be held across a provider call
+    (up to PROVIDER_TIMEOUT seconds): refreshes of different credentials would queue behind
+    each other (issue 8: 20 expired credentials at 200 ms each took 5 s). So the credential is
+    locked outside the database: a lock per credential for this process's threads, and
+    ``flock`` on a file beside the database for other processes, which the kernel releases if a
+    process dies. The transaction takes the write lock at its first write (configure_engine),
+    once the provider has answered. Writers that do not take this lock (a completed flow, a
+    re-encryption) may commit in between: the caller's writes must be conditional on what it
+    read.
+    """
+    engine = db.engine
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with (_process_lock(("credential", credential_id)),
+          _lock_file(engine.url.database, credential_id % CREDENTIAL_LOCK_FILES),
+          engine.connect() as connection, connection.begin()):
+        yield connection
+
+
+@contextmanager
+def _lock_file(database: str | None, number: int) -> Iterator[None]:
+    if database in (None, "", ":memory:"):  # no other process can open it
+        yield
+        return
+    directory = Path(database + "-locks")  # beside the database, as its -wal and -shm are
+    directory.mkdir(mode=0o700, exist_ok=True)
+    # A descriptor of our own, closed at the end: flock locks belong to the open file, so
+    # this excludes other threads' descriptors as well as other processes'.
+    fd = os.open(directory / str(number), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextmanager
 def locked_transaction(key: object) -> Iterator[Connection]:
-    """A transaction in which ``SELECT ... FOR UPDATE`` on the row named by ``key`` serialises
-    every writer of that row, across threads and processes.
+    """A transaction in which ``SELECT ... FOR UPDATE`` serialises the writers of the rows it
+    reads, across threads and processes: what re-encryption needs, as it reads a batch and
+    writes it back.
 
-    PostgreSQL locks the row itself. SQLite has no row locks: a per-key lock keeps this
+    PostgreSQL locks the rows themselves. SQLite has no row locks: a per-key lock keeps this
     process's threads in line without spinning, and BEGIN IMMEDIATE takes the database's write
-    lock, which serialises other processes too.
+    lock before the read, which serialises other processes too.
     """
     engine = db.engine
     if engine.dialect.name == "sqlite":

@@ -26,7 +26,7 @@ from .extensions import db
 from .models import ACTIVE, NEEDS_REAUTH, Credential, utcnow
 from .providers import InvalidGrant, ProviderMisconfigured, ProviderUnavailable, TokenSet
 from .providers.oauth2 import MISCONFIGURATION_ERRORS
-from .storage import locked_transaction
+from .storage import credential_transaction
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _refresh(seen: Row, min_valid_seconds: float,
     """Refresh ``seen`` (read without the lock) under its row lock. Returns the token and how it
     was obtained: ``refreshed`` (asked the provider), ``fresh`` (another worker's new token) or
     ``failed`` (the refresh failed transiently; this is the stored token, still valid)."""
-    with locked_transaction(("credential", seen.id)) as connection:
+    with credential_transaction(seen.id) as connection:
         outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh)
     # Raised only now, after the commit: a needs_reauth mark and the failure bookkeeping must
     # outlive the error they explain, not be rolled back with it.
@@ -150,8 +150,7 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
     except InvalidGrant as exc:
         if _mark_needs_reauth(connection, row, exc.code or "invalid_grant"):
             return RefreshFailedError()
-        # The stored grant is no longer the one that was refused: not ours to drop.
-        return ProviderUnavailableError()
+        return _newer_grant(connection, row)  # the grant refused is no longer the one stored
     except ProviderUnavailable as exc:
         _record_failure(connection, row, exc.code or "unavailable")
         log.warning("refresh of credential %s at %s failed transiently: %s", row.id,
@@ -168,17 +167,40 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
     now = utcnow()
     # The rotated refresh token (if any) lands in this same write: the old one is never sent
     # again, since every refresh reads the refresh token under this lock.
-    connection.execute(
-        update(credentials).where(credentials.c.id == row.id).values(
+    stored = connection.execute(
+        update(credentials).where(*_same_grant(row)).values(
             **values, last_refreshed_at=now, refresh_failures=0, last_error=None,
             last_error_at=None, updated_at=now,
         )
-    )
+    ).rowcount == 1
+    if not stored:
+        # The person completed a new flow while we were at the provider: their new grant wins,
+        # as it would have had it come a moment later.
+        return _newer_grant(connection, row)
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
     answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
                          expires_at=values["expires_at"], scopes=values["scopes"].split())
     return answer, "refreshed"
+
+
+def _same_grant(row: Row) -> tuple:
+    """The condition under which a write made from ``row`` still applies: the credential is
+    still there and still the grant we read. On PostgreSQL nothing else can write the row
+    while we hold its lock. On SQLite a completed flow can commit between our read and our
+    write (storage.credential_transaction), and it changes ``authenticated_at``. A
+    re-encryption changes only the ciphertexts, which a write from ``row`` replaces or
+    leaves alone, so it is not a reason to drop the write."""
+    return credentials.c.id == row.id, credentials.c.authenticated_at == row.authenticated_at
+
+
+def _newer_grant(connection: Connection, row: Row) -> tuple[AccessToken, str] | GatewayError:
+    newer = _read(connection, row.user_email, row.provider, lock=True)
+    if newer is None:
+        return NotAuthenticatedError()
+    if newer.status == NEEDS_REAUTH or not _valid_for(newer, 0):
+        return RefreshFailedError()
+    return _answer(newer), "fresh"
 
 
 def _transient_failure(row: Row, force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
@@ -236,15 +258,11 @@ def _warn_if_outlived_by_buffer(provider: str, expires_in: float | None) -> None
 
 
 def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
-    """Drop the tokens of a dead grant. The update is conditional on the refresh token we read
-    (the re-read that confirms it did not change under us): a grant stored meanwhile is not the
-    one that was refused. Returns whether the credential was marked."""
+    """Drop the tokens of a dead grant, unless a grant stored meanwhile replaced it: that is not
+    the one that was refused. Returns whether the credential was marked."""
     now = utcnow()
     marked = connection.execute(
-        update(credentials).where(
-            credentials.c.id == row.id,
-            credentials.c.refresh_token_encrypted == row.refresh_token_encrypted,
-        ).values(
+        update(credentials).where(*_same_grant(row)).values(
             status=NEEDS_REAUTH, access_token_encrypted=None, refresh_token_encrypted=None,
             refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=now,
             updated_at=now,
@@ -259,7 +277,7 @@ def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
 def _record_failure(connection: Connection, row: Row, error: str) -> None:
     """Only the operator's bookkeeping changes: tokens, expiry, scopes and status stay."""
     connection.execute(
-        update(credentials).where(credentials.c.id == row.id).values(
+        update(credentials).where(*_same_grant(row)).values(
             refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=utcnow(),
             # Kept, or the column's onupdate would stamp it: the credential itself is unchanged.
             updated_at=row.updated_at,
@@ -351,7 +369,7 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         seen = _read(connection, user_email, provider)
     if seen is None:
         raise NotAuthenticatedError()
-    with locked_transaction(("credential", seen.id)) as connection:
+    with credential_transaction(seen.id) as connection:
         row = _read(connection, user_email, provider, lock=True)
         if row is None:
             raise NotAuthenticatedError()
@@ -367,7 +385,9 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
             if token is not None:
                 provider_revoked = gw.providers.revoke(provider, token=token,
                                                        token_type_hint=hint)
-        connection.execute(delete(credentials).where(credentials.c.id == row.id))
+        # A grant stored while we were at the provider is not the one revoked there: it stays,
+        # as it would have had its flow completed a moment later.
+        connection.execute(delete(credentials).where(*_same_grant(row)))
         audit.record("revoked", actor=api_key_name, user_email=user_email, provider=provider,
                      outcome="ok" if provider_revoked else "local_only", connection=connection)
     return provider_revoked

@@ -238,6 +238,35 @@ def test_a_refresh_committing_meanwhile_does_not_fail_another_request_write(app,
 
 # ---- rotating refresh tokens -------------------------------------------------------------
 
+def test_a_flow_completed_during_a_refresh_keeps_its_new_grant(app, client, google):
+    """The person signs in again, granting more, while a refresh of their old grant is at the
+    provider. The new grant is what stays: on PostgreSQL the flow waits for the row lock and
+    writes after the refresh; on SQLite, whose write lock is not held across the provider call,
+    the refresh finds the grant replaced and answers from the new one."""
+    drive = "https://www.googleapis.com/auth/drive"
+    connect(client)
+    set_expiry(app, -60)
+    google.refresh_latency = 1.0
+    refreshes = google.refresh_count
+    answer = {}
+    racer = threading.Thread(target=lambda: answer.update(response=token(app.test_client())))
+    racer.start()
+    deadline = time.monotonic() + 5
+    while google.refresh_count == refreshes and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert google.refresh_count == refreshes + 1, "the refresh never reached the provider"
+    connect(client, scopes=[drive])
+    racer.join(timeout=10)
+    google.refresh_latency = 0.0
+
+    assert answer["response"].status_code == 200, answer["response"].get_json()
+    assert drive in read_row(app)["scopes"].split()
+    final = token(client)
+    assert drive in final.get_json()["scopes"]
+    assert google.token_is_live(final.get_json()["access_token"])
+    assert google.refresh_count == refreshes + 1
+
+
 def test_rotating_refresh_tokens_survive_many_cycles(app, client, google):
     google.rotate_refresh_tokens = True
     connect(client)

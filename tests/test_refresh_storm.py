@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -158,6 +160,7 @@ def google(fake):
         fake.rotate_refresh_tokens = False
         fake.refresh_latency = 0.0
         fake.access_token_ttl = 3600
+        fake.most_refreshes_in_flight = 0
         fake._failures.clear()
         fake._hangs.clear()
     yield fake
@@ -371,24 +374,32 @@ def test_cron_on_two_hosts_refreshes_each_credential_once(app, pg, postgres_url,
 
 # ---- SQLite ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("processes,threads", [(1, 20), (2, 10)])
-def test_sqlite_storm_causes_one_refresh(google, tmp_path, processes, threads):
+@contextmanager
+def sqlite_gateways(google: FakeGoogle, tmp_path: Path, processes: int,
+                    threads: int) -> Iterator[tuple]:
+    """This process's app and ``processes`` gateway processes on one new SQLite file."""
     url = "sqlite:///" + str(tmp_path / "gateway.sqlite")
     app = migrated_app(url, google)
     gateways = start_gateways(processes, gateway_env(url, google, tmp_path,
                                                      AUTH_GATEWAY_THREADS=str(threads)), tmp_path)
     try:
+        yield app, gateways
+    finally:
+        for gw in gateways:
+            gw.stop()
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.parametrize("processes,threads", [(1, 20), (2, 10)])
+def test_sqlite_storm_causes_one_refresh(google, tmp_path, processes, threads):
+    with sqlite_gateways(google, tmp_path, processes, threads) as (app, gateways):
         connect(app.test_client(), "ada@example.com")
         expire(app)
         google.refresh_latency = 0.3
         before = google.refresh_count
         answers, elapsed = storm([(gateways[i % processes].url, "ada@example.com")
                                   for i in range(20)])
-    finally:
-        for gw in gateways:
-            gw.stop()
-        with app.app_context():
-            db.engine.dispose()
     refreshes = google.refresh_count - before
     statuses = Counter(a.status_code for a in answers)
     report(f"SQLite: 20 calls, {processes} process(es) x {threads} threads", refreshes=refreshes,
@@ -396,3 +407,63 @@ def test_sqlite_storm_causes_one_refresh(google, tmp_path, processes, threads):
     assert statuses == {200: 20}
     assert len({a.json()["access_token"] for a in answers}) == 1
     assert refreshes == 1
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sqlite_refreshes_of_different_credentials_overlap(google, tmp_path, processes):
+    """SQLite's one write lock is not held while the provider answers
+    (storage.credential_transaction): ten credentials refresh at once, as on PostgreSQL, not
+    one after another (issue 8's storm took 20 x the provider's latency)."""
+    emails = [f"user{i}@example.com" for i in range(10)]
+    with sqlite_gateways(google, tmp_path, processes, threads=10) as (app, gateways):
+        client = app.test_client()
+        for email in emails:
+            connect(client, email)
+        expire(app)
+        google.refresh_latency = 0.5
+        before = google.refresh_count
+        answers, elapsed = storm([(gateways[i % processes].url, email)
+                                  for i, email in enumerate(emails)])
+    report(f"SQLite: 10 credentials, {processes} process(es)", wall_s=round(elapsed, 2),
+           most_in_flight=google.most_refreshes_in_flight)
+    assert Counter(a.status_code for a in answers) == {200: 10}
+    assert google.refresh_count - before == 10
+    assert google.most_refreshes_in_flight == 10
+
+
+def test_sqlite_a_gateway_killed_at_the_provider_leaves_the_credential_usable(google, tmp_path):
+    """The credential's lock is the kernel's (flock), so it dies with the process that held it:
+    another process refreshes at once, from the row the dead one never got to change."""
+    with sqlite_gateways(google, tmp_path, 2, threads=4) as (app, (doomed, survivor)):
+        connect(app.test_client(), "ada@example.com")
+        expire(app)
+        before_row = read_row(app, "ada@example.com")
+        google.hang_next(30)
+        before = google.refresh_count
+        outcome = {}
+
+        def call_the_doomed() -> None:
+            try:
+                outcome["status"] = requests.post(
+                    doomed.url + "/auth/token", headers=HEADERS, timeout=60,
+                    json={"provider": "google", "user_email": "ada@example.com"}).status_code
+            except requests.ConnectionError:
+                outcome["status"] = "connection lost"
+
+        caller = threading.Thread(target=call_the_doomed)
+        caller.start()
+        deadline = time.monotonic() + 5
+        while google.refresh_count == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert google.refresh_count == before + 1, "the refresh never reached the provider"
+        doomed.process.kill()
+        doomed.process.wait(timeout=5)
+        caller.join(timeout=10)
+        assert outcome == {"status": "connection lost"}
+        assert read_row(app, "ada@example.com") == before_row
+
+        answer = requests.post(survivor.url + "/auth/token", headers=HEADERS, timeout=10,
+                               json={"provider": "google", "user_email": "ada@example.com"})
+    assert answer.status_code == 200, answer.text
+    assert google.token_is_live(answer.json()["access_token"])
+    assert google.refresh_count == before + 2

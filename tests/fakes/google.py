@@ -163,6 +163,8 @@ class FakeGoogle:
         self.refresh_latency = 0.0
         # records read by tests
         self.refresh_count = 0
+        self.refreshes_in_flight = 0
+        self.most_refreshes_in_flight = 0  # at once: whether callers' refreshes overlapped
         self.refresh_requests_with_scope = 0
         self.exchange_count = 0
         self.revoked: list[str] = []
@@ -472,8 +474,15 @@ class FakeGoogle:
                 self.refresh_requests_with_scope += 1
             failure = self._failures.popleft() if self._failures else None
             delay = (self._hangs.popleft() if self._hangs else 0.0) + self.refresh_latency
-        if delay > 0:
-            self._stopping.wait(delay)
+            self.refreshes_in_flight += 1
+            self.most_refreshes_in_flight = max(self.most_refreshes_in_flight,
+                                                self.refreshes_in_flight)
+        try:
+            if delay > 0:
+                self._stopping.wait(delay)
+        finally:
+            with self._lock:
+                self.refreshes_in_flight -= 1
         if failure is not None:
             status, error, raw = failure
             if raw is not None:
