@@ -255,9 +255,7 @@ def test_refresh_racing_the_reencryption_of_its_row_loses_nothing(make_app, goog
     racer = threading.Thread(target=lambda: answer.update(response=flow.token(
         new_app.test_client(), "ada@example.com", force_refresh=True)))
     racer.start()
-    deadline = time.monotonic() + 5
-    while google.refresh_count == refreshes and time.monotonic() < deadline:
-        time.sleep(0.005)
+    google.wait_for_refresh(refreshes + 1)
     # The refresh is upstream now, holding ada's lock; re-encryption starts meanwhile.
     result = new_app.test_cli_runner().invoke(args=["tokens", "reencrypt", "--batch-size", "1"])
     still_refreshing = racer.is_alive()

@@ -290,6 +290,15 @@ class FakeGoogle:
             self._keys = [key] + (self._keys[:1] if keep_old else [])
         return key.kid  # type: ignore[return-value]
 
+    def wait_for_refresh(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until the ``count``-th refresh request has arrived: a caller is then at the
+        provider (held there by ``refresh_latency`` or ``hang_next``)."""
+        deadline = time.monotonic() + timeout
+        while self.refresh_count < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"refresh {count} never reached the provider")
+            time.sleep(0.005)
+
     def token_is_live(self, token: str) -> bool:
         """True for an unexpired access token or the current refresh token of a live grant."""
         with self._lock:
