@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, has_request_context, request
 from flask.logging import default_handler
 
 from .errors import ConfigError
@@ -29,6 +29,9 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_HEADER = "X-Request-ID"
 #: Fields a log call may add with ``extra=`` that the JSON lines carry.
 EXTRA_FIELDS = ("method", "path", "status", "duration_ms", "remote_addr")
+#: Where RequestIds leaves the request's id and its start (time.perf_counter) in the environ.
+ENVIRON_REQUEST_ID = "authgateway.request_id"
+ENVIRON_STARTED = "authgateway.request_started"
 
 access_log = logging.getLogger("authgateway.access")
 
@@ -45,15 +48,16 @@ def init_app(app: Flask) -> None:
     # Flask's own handler on app.logger ("authgateway") would print every line a second time.
     app.logger.removeHandler(default_handler)
     app.logger.setLevel(level)
-    app.before_request(_start_request)
-    app.after_request(_finish_request)
+    app.wsgi_app = RequestIds(app.wsgi_app)
+    app.after_request(_log_access)
 
 
 class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every record: the current request's, or ``-`` outside one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = (g.get("request_id", "-") if has_request_context() else "-")
+        record.request_id = (request.environ.get(ENVIRON_REQUEST_ID, "-")
+                             if has_request_context() else "-")
         return True
 
 
@@ -127,19 +131,36 @@ class _RequestIds:
 _request_ids = _RequestIds()
 
 
-def _start_request() -> None:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else _request_ids.next()
-    g.request_started = time.perf_counter()
+class RequestIds:
+    """WSGI middleware that gives every request its id and start time (in the environ, for
+    the logs and the metrics) and returns the id in X-Request-ID.
+
+    Below Flask rather than a before and an after hook: on the hot path (issue 8) two hooks,
+    their context lookups and a header assignment on the response cost several times this,
+    and the header also reaches answers no hook sees."""
+
+    def __init__(self, wsgi_app) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")  # what request.headers would read
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else _request_ids.next()
+        environ[ENVIRON_REQUEST_ID] = request_id
+        environ[ENVIRON_STARTED] = time.perf_counter()
+
+        def start_with_id(status, headers, exc_info=None):
+            headers.append((REQUEST_ID_HEADER, request_id))
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start_with_id)
 
 
-def _finish_request(response):
-    request_id = g.get("request_id")
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id
-    if access_log.isEnabledFor(logging.DEBUG) and "request_started" in g:
+def _log_access(response):
+    started = request.environ.get(ENVIRON_STARTED) if access_log.isEnabledFor(
+        logging.DEBUG) else None
+    if started is not None:
         # The path only: the query string of a callback carries the authorization code.
-        duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
         access_log.debug("%s %s %s %.2fms", request.method, request.path, response.status_code,
                          duration_ms, extra={"method": request.method, "path": request.path,
                                              "status": response.status_code,

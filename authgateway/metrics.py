@@ -19,11 +19,12 @@ import os
 import time
 from collections.abc import Callable
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .log_setup import ENVIRON_STARTED
 from .providers import IdentityError, InvalidGrant, ProviderMisconfigured, ProviderUnavailable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -159,7 +160,7 @@ def _count_request(response: Response) -> Response:
     endpoint = request.endpoint or "unmatched"
     method = request.method if request.method in METHODS else "other"
     _series(HTTP_REQUESTS, endpoint, method, str(response.status_code)).inc()
-    started = g.get("request_started")  # set by log_setup, for the access log too
+    started = request.environ.get(ENVIRON_STARTED)  # set by log_setup, for the access log too
     if started is not None:
         _series(HTTP_LATENCY, endpoint).observe(time.perf_counter() - started)
     return response
