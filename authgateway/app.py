@@ -75,12 +75,14 @@ def build_app(test_config: dict | None = None) -> Flask:
         block=app.config["BLOCK_PLUGINS"],
         extra=app.config.get("PLUGINS", ()),
     )
+    limiter = ratelimit.init_app(app)
     app.extensions["authgateway"] = Gateway(
         keyring=keyring,
         providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
         settings=settings,
         api_keys=ApiKeyCache(app.config["API_KEY"], app.config["APIKEY_CACHE_SECONDS"]),
         reader=reader,
+        limiter=limiter,
     )
     if not app.config["API_KEY"]:
         app.logger.warning(
@@ -93,7 +95,6 @@ def build_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(auth)
     app.register_blueprint(meta)
     metrics.init_app(app)
-    ratelimit.init_app(app)
     _register_error_handlers(app)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)

@@ -10,6 +10,7 @@ from .apikeys import ApiKeyCache
 from .config import Settings
 from .crypto import KeyRing
 from .plugins import Providers
+from .ratelimit import RateLimiter
 from .storage import RowReader
 
 
@@ -21,6 +22,7 @@ class Gateway:
     api_keys: ApiKeyCache
     #: The token lookup's read, below SQLAlchemy's Connection (storage.RowReader).
     reader: RowReader
+    limiter: RateLimiter
 
 
 def gateway() -> Gateway:

@@ -144,14 +144,15 @@ def _seconds_until(moment: float) -> int:
     return max(1, math.ceil(moment - time.time()))
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> RateLimiter:
     """Read the limits, and trust ``TRUSTED_PROXIES`` proxies for the client address."""
-    app.extensions["authgateway.ratelimit"] = RateLimiter(
+    limiter = app.extensions["authgateway.ratelimit"] = RateLimiter(
         parse("RATELIMIT_INIT", app.config["RATELIMIT_INIT"]),
         parse("RATELIMIT_BAD_KEY", app.config["RATELIMIT_BAD_KEY"]),
     )
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
+    return limiter
 
 
 def limiter() -> RateLimiter:
