@@ -29,11 +29,10 @@ def _presented_key(environ: dict) -> str | None:
 
 @auth.before_request
 def require_api_key() -> None:
-    if request.endpoint == "auth.callback":
+    current = request._get_current_object()  # once, not per attribute (context.gateway)
+    if current.endpoint == "auth.callback":
         return
-    # The gateway and the request are looked up once: each lookup through Flask's context
-    # costs about as much as the address check itself.
-    here, environ = gateway(), request.environ
+    here, environ = gateway(), current.environ
     here.limiter.check_address(environ.get("REMOTE_ADDR"))  # = request.remote_addr
     key = _presented_key(environ)
     if key is None:
@@ -100,12 +99,13 @@ def token():
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))
+    here = gateway()
     min_valid = validation.field(body, "min_valid_seconds", (int, float), required=False,
-                                 default=current_app.config["TOKEN_REFRESH_BUFFER_SECONDS"])
+                                 default=here.settings.get("TOKEN_REFRESH_BUFFER_SECONDS"))
     if not 0 <= min_valid <= 86400:
         raise InvalidRequestError("The field 'min_valid_seconds' must be between 0 and 86400.")
     force = validation.field(body, "force_refresh", bool, required=False, default=False)
-    gateway().providers.info(provider)
+    here.providers.info(provider)
     try:
         answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
                                   force_refresh=force)

@@ -157,10 +157,11 @@ def _upstream_outcome(exc: Exception) -> str:
 
 def _count_request(response: Response) -> Response:
     # The endpoint, never the path: paths carry emails and whatever a scanner tries.
-    endpoint = request.endpoint or "unmatched"
-    method = request.method if request.method in METHODS else "other"
+    current = request._get_current_object()  # once, not per attribute (context.gateway)
+    endpoint = current.endpoint or "unmatched"
+    method = current.method if current.method in METHODS else "other"
     _series(HTTP_REQUESTS, endpoint, method, str(response.status_code)).inc()
-    started = request.environ.get(ENVIRON_STARTED)  # set by log_setup, for the access log too
+    started = current.environ.get(ENVIRON_STARTED)  # set by log_setup, for the access log too
     if started is not None:
         _series(HTTP_LATENCY, endpoint).observe(time.perf_counter() - started)
     return response

@@ -17,12 +17,13 @@ SCOPE = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]{1,511}')
 
 
 def json_body() -> dict:
-    if request.content_length is None and request.max_content_length is not None:
+    current = request._get_current_object()  # once, not per attribute (context.gateway)
+    if current.content_length is None and current.max_content_length is not None:
         # A chunked body is cut at the limit, not refused: refuse it when it reached the limit.
-        if len(request.get_data()) >= request.max_content_length:
+        if len(current.get_data()) >= current.max_content_length:
             raise PayloadTooLargeError()
     try:
-        body = request.get_json(silent=True, force=True) if request.content_length != 0 else None
+        body = current.get_json(silent=True, force=True) if current.content_length != 0 else None
     except RecursionError:  # nesting deeper than the parser's stack: not a request we serve
         body = None
     if not isinstance(body, dict):
