@@ -7,7 +7,7 @@ import json
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from sqlalchemy import text
 
-from . import __version__, audit, flows, metrics, ratelimit, tokens, validation
+from . import __version__, audit, flows, metrics, tokens, validation
 from .context import gateway
 from .errors import GatewayError, InvalidApiKeyError, InvalidRequestError, MissingApiKeyError
 from .extensions import db
@@ -58,7 +58,7 @@ def _time(value):
 
 @auth.post("/init")
 def init():
-    ratelimit.limiter().flow_started(g.api_key_name)
+    gateway().limiter.flow_started(g.api_key_name)
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))

@@ -109,7 +109,7 @@ def _install_handler(log_format: str) -> None:
         root.addHandler(handler)
 
 
-class _RequestIds:
+class _IdSource:
     """Ids unique across processes and time without a system call per request: a random
     prefix per process, then a counter. (uuid4 reads the kernel's random source on every call,
     and that call hands the interpreter lock to another thread: on the hot path, under load,
@@ -128,7 +128,7 @@ class _RequestIds:
         return f"{self._prefix}{next(self._counter):016x}"
 
 
-_request_ids = _RequestIds()
+_ids = _IdSource()
 
 
 class RequestIds:
@@ -144,7 +144,7 @@ class RequestIds:
 
     def __call__(self, environ, start_response):
         incoming = environ.get("HTTP_X_REQUEST_ID", "")  # what request.headers would read
-        request_id = incoming if REQUEST_ID.fullmatch(incoming) else _request_ids.next()
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else _ids.next()
         environ[ENVIRON_REQUEST_ID] = request_id
         environ[ENVIRON_STARTED] = time.perf_counter()
 

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -146,14 +146,10 @@ def _seconds_until(moment: float) -> int:
 
 def init_app(app: Flask) -> RateLimiter:
     """Read the limits, and trust ``TRUSTED_PROXIES`` proxies for the client address."""
-    limiter = app.extensions["authgateway.ratelimit"] = RateLimiter(
+    limiter = RateLimiter(
         parse("RATELIMIT_INIT", app.config["RATELIMIT_INIT"]),
         parse("RATELIMIT_BAD_KEY", app.config["RATELIMIT_BAD_KEY"]),
     )
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
     return limiter
-
-
-def limiter() -> RateLimiter:
-    return current_app.extensions["authgateway.ratelimit"]

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from authgateway import create_app, ratelimit
+from authgateway.context import gateway
 from authgateway.errors import ConfigError
 from authgateway.extensions import db
 from authgateway.models import RateLimit
@@ -122,7 +123,8 @@ def test_a_new_window_starts_afresh_and_old_ones_are_purged(make_app, monkeypatc
 
 def test_concurrent_hits_are_counted_exactly(make_app):
     app = make_app(RATELIMIT_BAD_KEY="10000/hour")
-    limiter = app.extensions["authgateway.ratelimit"]
+    with app.app_context():
+        limiter = gateway().limiter
 
     def hit() -> None:
         with app.app_context():
