@@ -116,3 +116,39 @@ def test_the_pool_holds_a_connection_for_every_thread(make_app):
     app = make_app()
     with app.app_context():
         assert db.engine.pool.size() == app.config["DB_POOL_SIZE"] >= app.config["THREADS"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # prepared on a server
+def test_a_session_that_lost_the_prepared_read_prepares_it_again(wired):
+    """A session can lose its prepared statements without losing the connection (DISCARD ALL
+    from an operator or a pooler): the read prepares it again and answers, on the same
+    connection, without a failed request."""
+    app, client, wire = wired()
+    first = token(client)
+    assert first.status_code == 200
+    with app.app_context():
+        pooled = db.engine.raw_connection()  # the one the read used (the pool is LIFO)
+        pooled.driver_connection.execute("DEALLOCATE ALL")
+        pooled.driver_connection.commit()
+        pooled.close()
+    wire.take()
+    answer = token(client)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["access_token"] == first.get_json()["access_token"]
+    sent = wire.take()[1]
+    assert sent.count("ErrorResponse") == 1 and "26000" in sent  # the lost statement, once
+    assert token(client).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # prepared on a server
+@pytest.mark.parametrize("setting,named", [(None, 1), ("none", 0)])
+def test_the_token_read_is_prepared_once_per_connection_unless_turned_off(wired, setting, named):
+    """Prepared once, then only bound and run; with DB_PREPARE_THRESHOLD=none (PgBouncer in
+    transaction mode before 1.21, docs/scale-out.md) never prepared under a name, which another
+    client on the same server connection could collide with or miss."""
+    app, client, wire = wired(**({} if setting is None else {"DB_PREPARE_THRESHOLD": setting}))
+    for _ in range(WARM_UP_CALLS):
+        assert token(client).status_code == 200
+    sent = wire.take()[1]
+    assert sent.count('Parse\t "authgateway_read_') == named
+    assert sent.count('Parse\t ""') == (0 if named else WARM_UP_CALLS)
