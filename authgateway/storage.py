@@ -169,7 +169,7 @@ class _LibpqRead(_CompiledRead):
         # Per connection: its loaders, and (once it holds it) the prepared statement.
         self._ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def fetch_one(self, connection, params: dict) -> tuple | None:
+    def fetch_one(self, connection, params: dict, *, again: bool = True) -> tuple | None:
         loaders = self._ready.get(connection)
         if loaders is None:
             loaders = self._prepared_on(connection)
@@ -180,11 +180,11 @@ class _LibpqRead(_CompiledRead):
             result = pgconn.exec_params(self._sql, values)
         else:
             result = pgconn.exec_prepared(self._name, values)
-            if _sqlstate(result) == INVALID_SQL_STATEMENT_NAME:
+            if _sqlstate(result) == INVALID_SQL_STATEMENT_NAME and again:
                 # The session lost it (DISCARD ALL, a pooler between us and the server):
                 # prepare it again and run it, once.
                 del self._ready[connection]
-                return self.fetch_one(connection, params)
+                return self.fetch_one(connection, params, again=False)
         _check(pgconn, result, pq.ExecStatus.TUPLES_OK)
         loaders.set_pgresult(result)
         return loaders.load_row(0, tuple) if result.ntuples else None
