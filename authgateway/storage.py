@@ -166,6 +166,7 @@ class _LibpqRead(_CompiledRead):
         super().__init__(statement, dialect, compile_for=numbered)
         self._sql = self.sql.encode()
         self._name = f"authgateway_read_{next(self._names)}".encode() if prepare else None
+        self._formats = [PyFormat.TEXT] * len(self._compiled.positiontup)
         # Per connection: its loaders, and (once it holds it) the prepared statement.
         self._ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -173,8 +174,7 @@ class _LibpqRead(_CompiledRead):
         loaders = self._ready.get(connection)
         if loaders is None:
             loaders = self._prepared_on(connection)
-        values = loaders.dump_sequence(self.parameters(params),
-                                       [PyFormat.TEXT] * len(self._compiled.positiontup))
+        values = loaders.dump_sequence(self.parameters(params), self._formats)
         pgconn = connection.pgconn
         if self._name is None:
             result = pgconn.exec_params(self._sql, values)

@@ -88,7 +88,7 @@ def _answer(row: Row) -> AccessToken:
 def get_token(user_email: str, provider: str, *, min_valid_seconds: float,
               force_refresh: bool = False) -> AccessToken:
     """A token valid for at least ``min_valid_seconds``. The common case is one read, no lock:
-    one round trip to the database, in autocommit."""
+    one round trip to the database, outside any transaction (storage.RowReader)."""
     row = gateway().reader.first(_SEEN, user_email=user_email, provider=provider)
     if row is None:
         raise NotAuthenticatedError()
