@@ -179,6 +179,7 @@ class FakeGoogle:
         self._granted: dict[tuple[str, str], list[str]] = {}  # (client_id, sub) -> scopes so far
         self._failures: deque[tuple[int, str | None, str | None]] = deque()
         self._hangs: deque[float] = deque()
+        self._revocation_gate: threading.Event | None = None
         self._keys: list[RSAKey] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -259,6 +260,28 @@ class FakeGoogle:
         """The next `times` refresh grants sleep `seconds` before being answered."""
         with self._lock:
             self._hangs.extend([seconds] * times)
+
+    def hold_revocations(self) -> threading.Event:
+        """Revocation requests wait at the provider until the returned event is set (or the
+        fake stops): the gateway's revoke is then in flight, holding whatever it holds."""
+        gate = threading.Event()
+        with self._lock:
+            self._revocation_gate = gate
+        return gate
+
+    def wait_for_revocation(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until the ``count``-th revocation request has arrived."""
+        deadline = time.monotonic() + timeout
+        while len(self.revoked) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"revocation {count} never reached the provider")
+            time.sleep(0.005)
+
+    def same_grant(self, access_token: str, refresh_token: str) -> bool:
+        """Whether the two tokens were issued for one grant (one code exchange)."""
+        with self._lock:
+            grant = self._by_access.get(access_token)
+            return grant is not None and grant is self._by_refresh.get(refresh_token)
 
     def revoke_grant_for(self, email: str) -> int:
         """The user removes the app's access in their Google account; returns grants revoked."""
@@ -535,6 +558,10 @@ class FakeGoogle:
             return _oauth_error(400, "invalid_request", "Missing required parameter: token")
         with self._lock:
             self.revoked.append(tok)
+            gate = self._revocation_gate
+        while gate is not None and not gate.wait(0.05) and not self._stopping.is_set():
+            pass
+        with self._lock:
             if not self.token_is_live(tok):
                 return _oauth_error(400, "invalid_token", "Token expired or revoked")
             (self._by_access.get(tok) or self._by_refresh[tok]).revoked = True

@@ -528,6 +528,28 @@ def test_revoke_kills_whole_grant(google, which):
     assert google.revoked == [tokens[which], tokens[which], "ya29.unknown"]
 
 
+def test_held_revocations_wait_for_the_gate(google):
+    tokens = sign_in(google)
+    gate = google.hold_revocations()
+    answer: dict = {}
+    caller = threading.Thread(
+        target=lambda: answer.update(response=revoke(google, tokens["refresh_token"])))
+    caller.start()
+    google.wait_for_revocation(1)
+    caller.join(timeout=0.2)
+    assert "response" not in answer and google.token_is_live(tokens["refresh_token"])
+    gate.set()
+    caller.join(timeout=5)
+    assert answer["response"].status_code == 200
+    assert not google.token_is_live(tokens["refresh_token"])
+
+
+def test_same_grant(google):
+    one, two = sign_in(google), sign_in(google)
+    assert google.same_grant(one["access_token"], one["refresh_token"])
+    assert not google.same_grant(one["access_token"], two["refresh_token"])
+
+
 def test_userinfo(google):
     tokens = sign_in(google)
     resp = userinfo(google, tokens["access_token"])
