@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from . import audit
 from .context import gateway
@@ -190,14 +190,22 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
                              "connection was started for. Nothing was stored.", info,
                              session.user_email)
 
-    granted = store_credential(session.user_email, provider, identity.subject, tokens,
-                               requested=session.scopes.split())
-    session.status = COMPLETED
-    session.completed_at = utcnow()
-    audit.record("flow_completed", actor=session.api_key_name, user_email=session.user_email,
-                 provider=provider)
-    db.session.commit()
-    return CallbackSucceeded(provider=info, user_email=session.user_email, scopes=granted)
+    session_id, user_email, actor = session.id, session.user_email, session.api_key_name
+    requested = session.scopes.split()
+    # The credential is written on a connection of its own (store_credential): return this one
+    # to the pool instead of holding two while waiting for the credential's lock.
+    db.session.close()
+
+    def complete(connection: Connection) -> None:
+        # In the credential's transaction: a session reads completed only with its tokens stored.
+        connection.execute(update(AuthSession).where(AuthSession.id == session_id)
+                           .values(status=COMPLETED, completed_at=utcnow()))
+        audit.record("flow_completed", actor=actor, user_email=user_email, provider=provider,
+                     connection=connection)
+
+    granted = store_credential(user_email, provider, identity.subject, tokens,
+                               requested=requested, also=complete)
+    return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted)
 
 
 def _claim(session: AuthSession) -> bool:

@@ -298,7 +298,8 @@ CREDENTIAL_LOCK_FILES = 256
 def credential_transaction(credential_id: int) -> Iterator[Connection]:
     """A transaction in which a credential is read, the provider called, and the outcome
     written, while every other caller of this function for the same credential waits, across
-    threads and processes: the refresh path's one-refresh rule, and revocation.
+    threads and processes: the refresh path's one-refresh rule, revocation, and the write of
+    a completed flow.
 
     PostgreSQL: the caller reads the row ``FOR UPDATE``, which locks it until the commit.
 
@@ -308,9 +309,9 @@ def credential_transaction(credential_id: int) -> Iterator[Connection]:
     locked outside the database: a lock per credential for this process's threads, and
     ``flock`` on a file beside the database for other processes, which the kernel releases if a
     process dies. The transaction takes the write lock at its first write (configure_engine),
-    once the provider has answered. Writers that do not take this lock (a completed flow, a
-    re-encryption) may commit in between: the caller's writes must be conditional on what it
-    read.
+    once the provider has answered. Writers that do not take this lock (a re-encryption, a
+    gateway of an earlier version) may commit in between: the caller's writes must be
+    conditional on what it read.
     """
     engine = db.engine
     if engine.dialect.name != "sqlite":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Connection, Row, bindparam, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
 from . import audit, metrics
 from .context import gateway
@@ -174,8 +174,8 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
         )
     ).rowcount == 1
     if not stored:
-        # The person completed a new flow while we were at the provider: their new grant wins,
-        # as it would have had it come a moment later.
+        # A flow completed without the lock while we were at the provider (by a gateway of
+        # an earlier version, mid-upgrade): its new grant wins, as it would have a moment later.
         return _newer_grant(connection, row)
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
@@ -187,10 +187,11 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
 def _same_grant(row: Row) -> tuple:
     """The condition under which a write made from ``row`` still applies: the credential is
     still there and still the grant we read. On PostgreSQL nothing else can write the row
-    while we hold its lock. On SQLite a completed flow can commit between our read and our
-    write (storage.credential_transaction), and it changes ``authenticated_at``. A
+    while we hold its lock. On SQLite a writer that does not take the credential's lock
+    (storage.credential_transaction) can commit between our read and our write. A
     re-encryption changes only the ciphertexts, which a write from ``row`` replaces or
-    leaves alone, so it is not a reason to drop the write."""
+    leaves alone, so it is not a reason to drop the write. A flow completed by a gateway of an
+    earlier version, mid-upgrade, did not take the lock and changes ``authenticated_at``."""
     return credentials.c.id == row.id, credentials.c.authenticated_at == row.authenticated_at
 
 
@@ -288,35 +289,55 @@ def _record_failure(connection: Connection, row: Row, error: str) -> None:
 
 
 def store_credential(user_email: str, provider: str, subject: str, tokens: TokenSet,
-                     requested: list[str]) -> list[str]:
-    """Insert or replace the credential after a completed flow; return the granted scopes."""
-    credential = db.session.scalar(
-        select(Credential).where(Credential.user_email == user_email,
-                                 Credential.provider == provider)
-    )
+                     requested: list[str], *, also: Callable[[Connection], None]) -> list[str]:
+    """Insert or replace the credential after a completed flow, and run ``also`` in the same
+    transaction; return the granted scopes.
+
+    Read and written under the credential's lock, as refresh and revoke hold it, so nothing
+    commits in between: a revoke in flight finishes first, and this grant, newer than the
+    revoke, is then stored as a new credential. Never a stale-row error, which the person
+    would see as a failed sign-in."""
+    while True:
+        with db.engine.connect() as connection:
+            seen = _read(connection, user_email, provider)
+        if seen is None:
+            with db.engine.begin() as connection:
+                values = _grant_values(provider, subject, tokens, requested, None)
+                connection.execute(insert(credentials).values(
+                    user_email=user_email, provider=provider, created_at=values["updated_at"],
+                    **values))
+                also(connection)
+                return values["scopes"].split()
+        with credential_transaction(seen.id) as connection:
+            row = _read(connection, user_email, provider, lock=True)
+            if row is not None:
+                values = _grant_values(provider, subject, tokens, requested, row)
+                connection.execute(update(credentials).where(credentials.c.id == row.id)
+                                   .values(**values))
+                also(connection)
+                return values["scopes"].split()
+        # Revoked while we waited for the lock: store this grant as a new credential.
+
+
+def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list[str],
+                  row: Row | None) -> dict:
+    """The columns a completed flow sets, over ``row`` (read under its lock) if there is one."""
     kept_refresh_token = None
-    if (credential is not None and credential.refresh_token_encrypted
-            and credential.subject == subject):
+    if row is not None and row.refresh_token_encrypted and row.subject == subject:
         # Without prompt=consent a provider may send no new refresh token: keep the one we have.
+        # Read under the lock, it is never one that a revoke or a rotation has just retired.
         try:
-            kept_refresh_token = gateway().keyring.decrypt(credential.refresh_token_encrypted,
-                                                           credential.key_id)
+            kept_refresh_token = gateway().keyring.decrypt(row.refresh_token_encrypted,
+                                                           row.key_id)
         except DecryptionFailedError:
             kept_refresh_token = None
-    values = _token_values(provider, tokens, refresh_token_fallback=kept_refresh_token,
-                           scopes_fallback=requested)
     now = utcnow()
-    if credential is None:
-        credential = Credential(user_email=user_email, provider=provider, created_at=now)
-        db.session.add(credential)
-    for name, value in values.items():
-        setattr(credential, name, value)
-    credential.subject = subject
-    credential.authenticated_at = now
-    credential.refresh_failures = 0
-    credential.last_error = None
-    credential.last_error_at = None
-    return values["scopes"].split()
+    return {
+        **_token_values(provider, tokens, refresh_token_fallback=kept_refresh_token,
+                        scopes_fallback=requested),
+        "subject": subject, "authenticated_at": now, "refresh_failures": 0, "last_error": None,
+        "last_error_at": None, "updated_at": now,
+    }
 
 
 def refresh_expiring(
@@ -385,8 +406,9 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
             if token is not None:
                 provider_revoked = gw.providers.revoke(provider, token=token,
                                                        token_type_hint=hint)
-        # A grant stored while we were at the provider is not the one revoked there: it stays,
-        # as it would have had its flow completed a moment later.
+        # Flows wait for this lock (store_credential). A grant stored without it while we were
+        # at the provider (an earlier version, mid-upgrade) is not the one revoked there: it
+        # stays, as it would have had its flow completed a moment later.
         connection.execute(delete(credentials).where(*_same_grant(row)))
         audit.record("revoked", actor=api_key_name, user_email=user_email, provider=provider,
                      outcome="ok" if provider_revoked else "local_only", connection=connection)

@@ -240,9 +240,8 @@ def test_a_refresh_committing_meanwhile_does_not_fail_another_request_write(app,
 
 def test_a_flow_completed_during_a_refresh_keeps_its_new_grant(app, client, google):
     """The person signs in again, granting more, while a refresh of their old grant is at the
-    provider. The new grant is what stays: on PostgreSQL the flow waits for the row lock and
-    writes after the refresh; on SQLite, whose write lock is not held across the provider call,
-    the refresh finds the grant replaced and answers from the new one."""
+    provider. The new grant is what stays: the flow waits for the credential's lock (the row
+    lock on PostgreSQL, a lock outside the database on SQLite) and writes after the refresh."""
     drive = "https://www.googleapis.com/auth/drive"
     connect(client)
     set_expiry(app, -60)
