@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from . import audit, metrics
 from .context import gateway
@@ -295,19 +296,21 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
 
     Read and written under the credential's lock, as refresh and revoke hold it, so nothing
     commits in between: a revoke in flight finishes first, and this grant, newer than the
-    revoke, is then stored as a new credential. Never a stale-row error, which the person
-    would see as a failed sign-in."""
+    revoke, is then stored as a new credential; of two flows completing at once, the later
+    commit wins. Never a unique-constraint or stale-row error, which the person would see as
+    a failed sign-in."""
+    # Each turn that does not return saw another writer commit meanwhile (a flow that inserted
+    # first, a revoke that deleted): the loop ends when they do.
     while True:
         with db.engine.connect() as connection:
             seen = _read(connection, user_email, provider)
         if seen is None:
             with db.engine.begin() as connection:
                 values = _grant_values(provider, subject, tokens, requested, None)
-                connection.execute(insert(credentials).values(
-                    user_email=user_email, provider=provider, created_at=values["updated_at"],
-                    **values))
-                also(connection)
-                return values["scopes"].split()
+                if _insert_if_absent(connection, user_email, provider, values):
+                    also(connection)
+                    return values["scopes"].split()
+            continue  # another flow's callback stored one first: replace it, under its lock
         with credential_transaction(seen.id) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
@@ -338,6 +341,21 @@ def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list
         "subject": subject, "authenticated_at": now, "refresh_failures": 0, "last_error": None,
         "last_error_at": None, "updated_at": now,
     }
+
+
+def _insert_if_absent(connection: Connection, user_email: str, provider: str,
+                      values: dict) -> bool:
+    """Insert the credential unless one exists (committed, or inserted by a transaction that
+    then commits): no unique-constraint error for the second of two flows completing at once."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(credentials).values(
+        user_email=user_email, provider=provider, created_at=values["updated_at"], **values
+    ).on_conflict_do_nothing(
+        index_elements=[credentials.c.user_email, credentials.c.provider]
+    ).returning(credentials.c.id)
+    # A row back means inserted. rowcount cannot tell: on PostgreSQL SQLAlchemy adds RETURNING
+    # anyway, and the rowcount is then -1 either way.
+    return connection.execute(statement).first() is not None
 
 
 def refresh_expiring(

@@ -1,5 +1,5 @@
-"""A completing callback against what else writes the same credential at that moment: a revoke.
-On SQLite and PostgreSQL, with the fake Google over real HTTP.
+"""A completing callback against what else writes the same credential at that moment: a revoke,
+and a second flow's callback. On SQLite and PostgreSQL, with the fake Google over real HTTP.
 
 The window that matters lies inside the gateway, after a callback has read the stored
 credential and before it writes: no provider call happens there. ``CredentialReads`` makes it
@@ -18,7 +18,7 @@ from sqlalchemy import event, select
 
 from authgateway.context import gateway
 from authgateway.extensions import db
-from authgateway.models import Credential
+from authgateway.models import AuthSession, Credential
 from tests.conftest import HEADERS
 from tests.flow import connect, consent, start, token
 
@@ -138,3 +138,32 @@ def test_a_callback_completing_while_a_revoke_is_at_the_provider(app, client, go
     assert revoked.status_code == 200 and revoked.get_json()["provider_revoked"] is True
     assert page.status_code == 200 and CONNECTED in page.get_data(as_text=True)
     assert_the_new_grant_is_stored(app, client, google, old_refresh)
+
+
+# ---- two flows at once ---------------------------------------------------------------------
+
+def test_two_first_flows_completing_at_once_both_succeed_and_the_later_wins(app, client,
+                                                                           google):
+    """Two flows for one user and provider, no credential yet; both callbacks read "none"
+    before either writes. Both pages say connected; one credential stays, written whole by
+    the callback that committed last."""
+    flows = [start(client) for _ in range(2)]
+    callbacks = [consent(flow["auth_url"]) for flow in flows]
+    with (credential_reads(app, hold=True) as reads,
+          ThreadPoolExecutor(2, thread_name_prefix="callback") as pool):
+        pages = [pool.submit(app.test_client().get, callback) for callback in callbacks]
+        reads.wait_for(2)
+        reads.release.set()
+        pages = [page.result(timeout=30) for page in pages]
+    for page in pages:
+        assert page.status_code == 200, page.get_data(as_text=True)
+        assert CONNECTED in page.get_data(as_text=True)
+    row, access, refresh = stored(app)  # exactly one row
+    assert google.token_is_live(access) and google.same_grant(access, refresh)
+    with app.app_context():
+        sessions = db.session.scalars(select(AuthSession)).all()
+    assert [s.status for s in sessions] == ["completed", "completed"]
+    # The earlier commit's credential was written before its session was completed: a row
+    # written after that is the later commit's.
+    assert row.authenticated_at > min(s.completed_at for s in sessions)
+    assert token(client).get_json()["access_token"] == access
