@@ -9,8 +9,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from authgateway import apikeys, storage
+from authgateway import apikeys, storage, tokens
+from authgateway.context import gateway
 from authgateway.extensions import db
+from authgateway.models import Credential, utcnow
 from tests.conftest import HEADERS
 from tests.flow import connect, token
 from tests.wire import WRITE, Wire
@@ -152,3 +154,26 @@ def test_the_token_read_is_prepared_once_per_connection_unless_turned_off(wired,
     sent = wire.take()[1]
     assert sent.count('Parse\t "authgateway_read_') == named
     assert sent.count('Parse\t ""') == (0 if named else WARM_UP_CALLS)
+
+
+def test_the_token_read_returns_every_column_as_the_orm_reads_it(make_app):
+    """The token read bypasses the ORM (storage.RowReader; on SQLite the row travels as one
+    JSON array): NULLs, non-ASCII text, characters JSON escapes and times to the microsecond
+    come back exactly as SQLAlchemy's own Result returns them, on both backends."""
+    app = make_app()
+    stored = {"user_email": "zoë+\"quoted\"\\@example.com", "provider": "google",
+              "access_token_encrypted": "gAAAA\u2028tab\there", "key_id": None,
+              "expires_at": None, "scopes": "openid ✓ 'single'",
+              "authenticated_at": utcnow().replace(microsecond=123456),
+              "last_refreshed_at": None, "last_error_at": utcnow()}
+    with app.app_context():
+        db.session.add(Credential(**stored))
+        db.session.commit()
+        parameters = {"user_email": stored["user_email"], "provider": "google"}
+        expected = db.session.execute(tokens._SEEN, parameters).one()
+        read = gateway().reader.first(tokens._SEEN, **parameters)
+        assert read is not None and read._asdict() == expected._asdict()
+        assert read.user_email == stored["user_email"] and read.expires_at is None
+        assert read.authenticated_at == stored["authenticated_at"]
+        assert gateway().reader.first(tokens._SEEN, user_email="nobody@example.com",
+                                      provider="google") is None
