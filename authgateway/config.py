@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -82,7 +81,6 @@ class Settings:
 
 def database_url(value: object, instance_path: str) -> str:
     if not value:
-        check_sqlite_library()
         return "sqlite:///" + str(Path(instance_path) / "authgateway.sqlite")
     url = str(value)
     scheme, sep, rest = url.partition("://")
@@ -95,27 +93,10 @@ def database_url(value: object, instance_path: str) -> str:
                   "postgresql+psycopg2"):
         return "postgresql+psycopg://" + rest
     if scheme in ("sqlite", "sqlite+pysqlite"):
-        check_sqlite_library()
         return url
     raise ConfigError(
         f"DATABASE_URL uses the unsupported scheme '{scheme}': use postgresql:// or sqlite://."
     )
-
-
-def check_sqlite_library() -> None:
-    """What the gateway's SQL asks of the SQLite library Python was built with: RETURNING
-    (SQLite 3.35) and the JSON functions (in every build since 3.38, and in most before)."""
-    probe = sqlite3.connect(":memory:")
-    try:
-        probe.execute("CREATE TABLE probe (value)")
-        probe.execute("INSERT INTO probe VALUES (json_array(1)) RETURNING value").fetchall()
-    except sqlite3.OperationalError as exc:
-        raise ConfigError(
-            f"The SQLite library here ({sqlite3.sqlite_version}) cannot run the gateway's SQL "
-            f"({exc}): it needs SQLite 3.38 or newer; use a newer Python build, or PostgreSQL."
-        ) from exc
-    finally:
-        probe.close()
 
 
 def _number(config: dict, key: str, kind: type, minimum: float, maximum: float | None = None):

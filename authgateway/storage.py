@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import fcntl
 import itertools
-import json
 import os
 import re
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
-from sqlalchemy import Connection, Engine, Select, event, func, make_url
+from sqlalchemy import Connection, Engine, Select, event, make_url
 from sqlalchemy.exc import DisconnectionError
 
 from .extensions import db
@@ -112,11 +111,11 @@ class _CompiledRead:
     """A SELECT compiled for one dialect: its SQL, how to pass its parameters, and how to
     decode its columns into a named tuple."""
 
-    def __init__(self, statement: Select, dialect, compile_for=None, columns=None) -> None:
+    def __init__(self, statement: Select, dialect, compile_for=None) -> None:
         compiled = statement.compile(dialect=compile_for or dialect)
         self.sql = compiled.string
         self._compiled = compiled
-        columns = list(statement.selected_columns if columns is None else columns)
+        columns = list(statement.selected_columns)
         self._row = namedtuple("Row", [column.key for column in columns])  # noqa: PYI024
         self._processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                             for column in columns]
@@ -133,30 +132,15 @@ class _CompiledRead:
 
 
 class _CursorRead(_CompiledRead):
-    """Through a DBAPI cursor (SQLite: no transaction begins before a write, configure_engine),
-    the row's columns as one JSON array.
+    """Through a DBAPI cursor (SQLite: no transaction begins before a write, configure_engine)."""
 
-    Python's sqlite3 lets go of the interpreter lock around every column of every row it hands
-    over (``sqlite3_column_type``), besides each step and reset: 18 times for the eleven columns
-    of the token read. In a busy process, each is a chance to wait for the lock until another
-    thread's switch interval runs out. One column holding ``json_array(...)`` of them all lets
-    go 8 times. The JSON holds what the columns hold (text, integers, NULL; SQLite refuses
-    blobs, and there are none to read), and the columns' own result processors decode the
-    values as before.
-    """
-
-    def __init__(self, statement: Select, dialect) -> None:
-        super().__init__(statement.with_only_columns(func.json_array(*statement.selected_columns)),
-                         dialect, columns=statement.selected_columns)
-
-    def fetch_one(self, connection, params: dict) -> list | None:
+    def fetch_one(self, connection, params: dict) -> tuple | None:
         cursor = connection.cursor()
         try:
             cursor.execute(self.sql, self.parameters(params))
-            row = cursor.fetchone()
+            return cursor.fetchone()
         finally:
             cursor.close()
-        return None if row is None else json.loads(row[0])
 
 
 class _LibpqRead(_CompiledRead):

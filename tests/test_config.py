@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -59,21 +58,6 @@ def test_bad_settings_stop_startup_with_one_clear_sentence(tmp_path, overrides, 
     config = base_config(f"sqlite:///{tmp_path}/x.sqlite", **overrides)
     with pytest.raises(ConfigError, match=names):
         create_app(config)
-
-
-def test_a_sqlite_library_without_the_json_functions_stops_startup(tmp_path, monkeypatch):
-    """SQLite builds before 3.38 may lack json_array, which the token read uses: startup says
-    so in one sentence, instead of every token call failing."""
-    real_connect = sqlite3.connect
-
-    def connect_without_json(*args, **kwargs):
-        connection = real_connect(*args, **kwargs)
-        connection.create_function("json_array", -1, lambda *_: 1 / 0)  # fails as if missing
-        return connection
-
-    monkeypatch.setattr(sqlite3, "connect", connect_without_json)
-    with pytest.raises(ConfigError, match=r"cannot run the gateway's SQL .* needs SQLite 3.38"):
-        create_app(base_config(f"sqlite:///{tmp_path}/x.sqlite"))
 
 
 def test_a_duplicate_key_stops_startup(tmp_path):
