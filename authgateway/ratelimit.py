@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 from flask import Flask
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .errors import ConfigError, RateLimitedError
 from .extensions import db
 from .models import RateLimit
+from .storage import insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class RateLimiter:
         """One more hit on ``key`` in the current window: (hits so far, when the window ends)."""
         now = time.time()
         window_start = int(now // limit.period) * limit.period
-        insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(rate_limits).values(key=key[:200], window_start=window_start, count=1)
+        statement = insert_on_conflict(rate_limits, db.engine.dialect).values(
+            key=key[:200], window_start=window_start, count=1)
         statement = statement.on_conflict_do_update(
             index_elements=[rate_limits.c.key, rate_limits.c.window_start],
             set_={"count": rate_limits.c.count + 1},

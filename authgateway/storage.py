@@ -18,7 +18,8 @@ from pathlib import Path
 import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
-from sqlalchemy import Connection, Engine, Select, event, make_url
+from sqlalchemy import Connection, Engine, Select, Table, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 
 from .extensions import db
@@ -218,6 +219,12 @@ def _check(pgconn, result, expected) -> None:
     except KeyError:  # a code this psycopg does not know
         error = psycopg.DatabaseError
     raise error(message or "the database answered nothing")
+
+
+def insert_on_conflict(table: Table, dialect) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT`` into ``table`` that takes ``on_conflict_do_nothing`` or ``_do_update``: both
+    backends speak ON CONFLICT, but SQLAlchemy builds it per dialect."""
+    return (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def configure_engine(engine: Engine) -> None:

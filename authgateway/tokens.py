@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import Connection, Row, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from . import audit, metrics
 from .context import gateway
@@ -27,7 +26,7 @@ from .extensions import db
 from .models import ACTIVE, NEEDS_REAUTH, Credential, utcnow
 from .providers import InvalidGrant, ProviderMisconfigured, ProviderUnavailable, TokenSet
 from .providers.oauth2 import MISCONFIGURATION_ERRORS
-from .storage import credential_transaction
+from .storage import credential_transaction, insert_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +346,7 @@ def _insert_if_absent(connection: Connection, user_email: str, provider: str,
                       values: dict) -> bool:
     """Insert the credential unless one exists (committed, or inserted by a transaction that
     then commits): no unique-constraint error for the second of two flows completing at once."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(credentials).values(
+    statement = insert_on_conflict(credentials, connection.dialect).values(
         user_email=user_email, provider=provider, created_at=values["updated_at"], **values
     ).on_conflict_do_nothing(
         index_elements=[credentials.c.user_email, credentials.c.provider]
