@@ -6,6 +6,8 @@ encrypted under the configured key and valid for hours (so nothing is refreshed)
 same waitress threads; drives them with wrk (bench/token.lua rotates the users and sends the API
 key) at 16 connections and at 1, one target after the other in every round, and prints the
 medians: requests/s, p50, p99, peak RSS of the serving process, and the ratio to the bare route.
+With --breakdown, also where a request's time goes inside each server (bench/probe): queued in
+waitress, in the application, and the worker's own CPU there.
 
 Every server runs pinned to one CPU (the last) and wrk to another (the first), the same for all
 of them, unless --no-pin: a load generator that competes with the server for its cores measures
@@ -16,6 +18,7 @@ Then a refresh storm: 200 concurrent calls on 20 expired credentials, against th
 the tests with a small provider latency; it must cause exactly 20 upstream refreshes.
 
     .venv/bin/python bench/token_load.py [--rounds 3] [--seconds 10] [--threads N] [--no-pin]
+                                         [--breakdown] [--no-storm]
 
 Needs `wrk` (Debian: apt-get install wrk) and a PostgreSQL it may create a database on
 (BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/test).
@@ -57,6 +60,7 @@ from tests.fakes.google import FakeGoogle  # noqa: E402
 USERS = 1000
 LUA = Path(__file__).with_name("token.lua")
 BARE_APP = Path(__file__).with_name("bare_app.py")
+PROBE = Path(__file__).with_name("probe")  # --breakdown: its sitecustomize times each request
 REDIRECT_URI = "http://localhost/auth/callback/google"
 STORM_CREDENTIALS, STORM_CALLS, STORM_PROVIDER_LATENCY = 20, 200, 0.2
 credentials = Credential.__table__
@@ -200,7 +204,9 @@ def gateway_command() -> list[str]:
 
 def run_wrk(server: Server, connections: int, seconds: int, api_key: str,
             cpu: int | None) -> dict:
-    """One wrk run against POST /auth/token: requests/s, p50 and p99 in ms, error counts."""
+    """One wrk run against POST /auth/token: requests/s, p50 and p99 in ms, error counts, and
+    the wall-clock window it ran in (for --breakdown)."""
+    started = time.time()
     done = subprocess.run(  # noqa: S603 (our own argv)
         [shutil.which("wrk") or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
          "--timeout", "5s", "-s", str(LUA), server.url + "/auth/token", "--", api_key, str(USERS)],
@@ -214,7 +220,7 @@ def run_wrk(server: Server, connections: int, seconds: int, api_key: str,
               f"socket errors (see {server.log})", file=sys.stderr)
     return {"rps": raw["requests"] / (raw["duration_us"] / 1e6), "p50": raw["p50_us"] / 1000,
             "p99": raw["p99_us"] / 1000, "requests": raw["requests"],
-            "bad": raw["non_2xx"] + raw["socket_errors"]}
+            "bad": raw["non_2xx"] + raw["socket_errors"], "window": (started, time.time())}
 
 
 def load(servers: list[Server], rounds: int, seconds: int, warmup: int,
@@ -272,6 +278,31 @@ def goals(results: dict[tuple[str, int], list[dict]], rss: dict[str, float], bar
         ]
         lines += [f"{name:18} {text} (goal {goal}): {'ok' if met else 'NOT MET'}"
                   for text, met, goal in checks]
+    return "\n".join(lines)
+
+
+def breakdown(results: dict[tuple[str, int], list[dict]], probes: dict[str, Path]) -> str:
+    """--breakdown: where a request's time went inside each serving process at 16 connections
+    (bench/probe/sitecustomize.py wrote one line per request), next to what wrk saw."""
+    def percentiles(values: list[float]) -> str:
+        ordered = sorted(values)
+        return " / ".join(f"{ordered[int(len(ordered) * p)] * 1000:5.2f}" for p in (0.5, 0.99))
+
+    lines = [f"{'target':18} {'requests':>8}  {'queued p50/p99':>14}  {'in app p50/p99':>14}  "
+             f"{'app CPU p50/p99':>15}  {'wrk p50/p99':>13}   (ms, 16 connections)"]
+    for name, path in probes.items():
+        runs = results[(name, 16)]
+        windows = [run["window"] for run in runs]
+        rows = [tuple(map(float, line.split())) for line in path.read_text().splitlines()]
+        rows = [row for row in rows if any(start <= row[0] <= end for start, end in windows)]
+        if not rows:
+            lines.append(f"{name:18} no requests recorded")
+            continue
+        wrk = (f"{statistics.median(r['p50'] for r in runs):5.2f} / "
+               f"{statistics.median(r['p99'] for r in runs):5.2f}")
+        lines.append(f"{name:18} {len(rows):8}  {percentiles([r[1] for r in rows]):>14}  "
+                     f"{percentiles([r[2] for r in rows]):>14}  "
+                     f"{percentiles([r[3] for r in rows]):>15}  {wrk:>13}")
     return "\n".join(lines)
 
 
@@ -344,6 +375,9 @@ def main() -> None:
         "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="a database to connect to for CREATE DATABASE (the bench uses its own)")
     parser.add_argument("--no-storm", action="store_true", help="skip the refresh storm")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each request inside the servers (bench/probe): queued, "
+                             "in the app, CPU; it costs them a little throughput")
     parser.add_argument("--no-pin", action="store_true",
                         help="leave servers and wrk on any CPU (default: each on its own)")
     args = parser.parse_args()
@@ -368,19 +402,29 @@ def main() -> None:
             print(f"{USERS} credentials on PostgreSQL and SQLite; waitress threads: "
                   f"{args.threads}; {pinning}; logs in {work}", file=sys.stderr)
 
-            def gateway(name: str, url: str) -> Server:
+            probes: dict[str, Path] = {}
+
+            def probed(name: str, env: dict) -> dict:
+                """With --breakdown, ``env`` plus what loads bench/probe into the server."""
+                if not args.breakdown:
+                    return env
+                probes[name] = work / f"{name.replace(' ', '_')}.probe"
+                return {**env, "BENCH_PROBE_FILE": str(probes[name]), "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(PROBE), env.get("PYTHONPATH")]))}
+
+            def gateway(name: str, url: str, *, probe: bool = False) -> Server:
                 instance = work / name.replace(" ", "_")
                 instance.mkdir(exist_ok=True)
-                return Server(name, gateway_command(),
-                              gateway_env(url, key, api_key, args.threads, instance, google), work,
+                env = gateway_env(url, key, api_key, args.threads, instance, google)
+                return Server(name, gateway_command(), probed(name, env) if probe else env, work,
                               server_cpu)
 
             pg_before = pg_counters(pg_url)
-            servers = [gateway("gateway (PG)", pg_url),
+            servers = [gateway("gateway (PG)", pg_url, probe=True),
                        Server("bare Flask", [sys.executable, str(BARE_APP), "--threads",
-                                             str(args.threads)], dict(os.environ), work,
-                              server_cpu),
-                       gateway("gateway (SQLite)", sqlite_url)]
+                                             str(args.threads)],
+                              probed("bare Flask", dict(os.environ)), work, server_cpu),
+                       gateway("gateway (SQLite)", sqlite_url, probe=True)]
             for server in servers:
                 server.wait_ready()
             results = load(servers, args.rounds, args.seconds, args.warmup, api_key, load_cpu)
@@ -396,6 +440,10 @@ def main() -> None:
             print(table(results, rss, "bare Flask"))
             print()
             print(goals(results, rss, "bare Flask", ["gateway (PG)", "gateway (SQLite)"]))
+            if probes:
+                print("\nwhere the time goes inside each server (bench/probe): queued in waitress, "
+                      "then in the app (wall), of which the worker's own CPU")
+                print(breakdown(results, probes))
             xacts = pg_after["transactions"] - pg_before["transactions"] - 1
             writes = {name: pg_after.get(name, 0) - pg_before.get(name, 0)
                       for name in pg_after if name != "transactions"}
