@@ -442,7 +442,8 @@ def main() -> None:
             print(goals(results, rss, "bare Flask", ["gateway (PG)", "gateway (SQLite)"]))
             if probes:
                 print("\nwhere the time goes inside each server (bench/probe): queued in waitress, "
-                      "then in the app (wall), of which the worker's own CPU")
+                      "then in the app (wall), of which the worker's own CPU; the rest of wrk's "
+                      "time passed before waitress's main thread had read the request")
                 print(breakdown(results, probes))
             xacts = pg_after["transactions"] - pg_before["transactions"] - 1
             writes = {name: pg_after.get(name, 0) - pg_before.get(name, 0)
