@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .hookspecs import hookimpl  # noqa: E402  (plugins write `from authgateway import hookimpl`)
-from .providers import (  # noqa: E402
+from .hookspecs import hookimpl  # plugins write `from authgateway import hookimpl`
+from .providers import (
     Identity,
     IdentityError,
     InvalidGrant,
@@ -16,6 +14,7 @@ from .providers import (  # noqa: E402
     ProviderUnavailable,
     TokenSet,
 )
+from .version import __version__
 
 
 def create_app(test_config: dict | None = None):
@@ -26,6 +25,7 @@ def create_app(test_config: dict | None = None):
 
 
 __all__ = [
+    "__version__",
     "create_app",
     "hookimpl",
     "Identity",

@@ -9,7 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from . import config as settings_module
-from . import log_setup, metrics, ratelimit
+from . import log_setup, ratelimit
 from .apikeys import ApiKeyCache
 from .context import Gateway
 from .errors import (
@@ -89,12 +89,12 @@ def build_app(test_config: dict | None = None) -> Flask:
             "AUTH_GATEWAY_API_KEY is not set: only keys made with `flask apikeys create` work."
         )
 
-    from .api import auth, meta
+    from .api import auth, count_request, meta
     from .cli import register_commands
 
     app.register_blueprint(auth)
     app.register_blueprint(meta)
-    metrics.init_app(app)
+    app.after_request(count_request)
     _register_error_handlers(app)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)

@@ -28,7 +28,6 @@ class Gateway:
 def gateway() -> Gateway:
     # The app itself, then its attribute. An attribute read through one of Flask's context
     # proxies (current_app, request, g) is found by werkzeug's LocalProxy.__getattr__ only
-    # after a normal lookup failed with an AttributeError, raised and caught: about 7 k
-    # instructions each time, some 20 times per /auth/token (issue 8). The hot path takes the
-    # object behind the proxy once per function instead.
+    # after a normal lookup failed with an AttributeError, raised and caught. The hot path
+    # takes the object behind the proxy once per function instead.
     return current_app._get_current_object().extensions["authgateway"]

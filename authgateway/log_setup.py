@@ -135,9 +135,9 @@ class RequestIds:
     """WSGI middleware that gives every request its id and start time (in the environ, for
     the logs and the metrics) and returns the id in X-Request-ID.
 
-    Below Flask rather than a before and an after hook: on the hot path (issue 8) two hooks,
-    their context lookups and a header assignment on the response cost several times this,
-    and the header also reaches answers no hook sees."""
+    Below Flask rather than a before and an after hook: two hooks, their context lookups and
+    a header assignment on the response cost several times this on the hot path, and the
+    header also reaches answers no hook sees."""
 
     def __init__(self, wsgi_app) -> None:
         self.wsgi_app = wsgi_app

@@ -14,17 +14,14 @@ never touch the database, and no label carries an email, a path or anything a ca
 from __future__ import annotations
 
 import functools
-import hmac
 import os
 import time
 from collections.abc import Callable
 
-from flask import Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .log_setup import ENVIRON_STARTED
 from .providers import IdentityError, InvalidGrant, ProviderMisconfigured, ProviderUnavailable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -102,12 +99,6 @@ def _series(metric, *labels: str):
     return metric.labels(*labels)
 
 
-def init_app(app: Flask) -> None:
-    """Count every request and serve ``/metrics`` (API key or AUTH_GATEWAY_METRICS_TOKEN)."""
-    app.after_request(_count_request)
-    app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
-
-
 def token_answered(provider: str, outcome: str) -> None:
     """One answer of /auth/token: how tokens.py got it, or the error code it raised."""
     _series(TOKEN_ANSWERS, provider, TOKEN_OUTCOMES.get(outcome, outcome)).inc()
@@ -155,35 +146,21 @@ def _upstream_outcome(exc: Exception) -> str:
     return "plugin_error"
 
 
-def _count_request(response: Response) -> Response:
-    # The endpoint, never the path: paths carry emails and whatever a scanner tries.
-    current = request._get_current_object()  # once, not per attribute (context.gateway)
-    endpoint = current.endpoint or "unmatched"
-    method = current.method if current.method in METHODS else "other"
-    _series(HTTP_REQUESTS, endpoint, method, str(response.status_code)).inc()
-    started = current.environ.get(ENVIRON_STARTED)  # set by log_setup, for the access log too
+def http_answered(endpoint: str | None, method: str, status: int, started: float | None) -> None:
+    """One HTTP answer, by Flask endpoint (never the path: paths carry emails and whatever a
+    scanner tries), method and status; ``started`` is the perf_counter time it arrived."""
+    method = method if method in METHODS else "other"
+    _series(HTTP_REQUESTS, endpoint or "unmatched", method, str(status)).inc()
     if started is not None:
-        _series(HTTP_LATENCY, endpoint).observe(time.perf_counter() - started)
-    return response
+        _series(HTTP_LATENCY, endpoint or "unmatched").observe(time.perf_counter() - started)
 
 
-def _metrics_view() -> Response:
-    _authorize()
+def exposition(accept: str | None) -> tuple[bytes, str]:
+    """This process's metrics (or, under PROMETHEUS_MULTIPROC_DIR, every worker's summed) in
+    the format ``accept`` asks for, and its content type."""
     registry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-    encoder, content_type = choose_encoder(request.headers.get("Accept"))
-    return Response(encoder(registry), content_type=content_type)
-
-
-def _authorize() -> None:
-    """The metrics token, else exactly the check every /auth endpoint makes (401/403)."""
-    token = current_app.config.get("METRICS_TOKEN")
-    presented = request.authorization
-    if (token and presented is not None and presented.type == "bearer" and presented.token
-            and hmac.compare_digest(presented.token.encode(), token.encode())):
-        return
-    from .api import require_api_key
-
-    require_api_key()
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import pluggy
 
 from . import hookspecs, metrics
+from .discovery import Discovery
 from .errors import (
     ConfigError,
     ProviderMisconfiguredError,
@@ -27,11 +28,10 @@ from .providers import (
     ProviderUnavailable,
     TokenSet,
 )
-from .providers.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PLUGINS = ("authgateway.providers.oauth2",)
+DEFAULT_PLUGINS = ("authgateway.oauth2",)
 REQUIRED_PROVIDER_SETTINGS = ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI")
 
 

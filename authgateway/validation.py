@@ -26,8 +26,8 @@ def json_body() -> dict:
             raise PayloadTooLargeError()
     else:
         # Exactly the declared length (the stream refuses more than MAX_CONTENT_LENGTH with
-        # 413): get_data() reads in 64 KiB chunks, each into a new zeroed 64 KiB buffer, for a
-        # body of some 60 bytes on every /auth/token call (issue 8).
+        # 413): get_data() reads in 64 KiB chunks, each into a new zeroed 64 KiB buffer, for
+        # the small body of every /auth/token call.
         data = current.stream.read(current.content_length)
     try:
         body = json.loads(data) if data else None

@@ -1,5 +1,5 @@
-"""Instructions per request of POST /auth/token (a valid cached token), the gateway's hot path
-(issue 8), against bench/bare_app.py's bare Flask route. Not a test, not in CI.
+"""Instructions per request of POST /auth/token (a valid cached token), the gateway's hot path,
+against bench/bare_app.py's bare Flask route. Not a test, not in CI.
 
 Wall-clock benchmarks (bench/token_load.py) need a quiet machine; an instruction count does
 not, and it repeats to within a fraction of a percent. Each target runs in its own process under

@@ -1,4 +1,4 @@
-"""Benchmark of POST /auth/token, the gateway's hot path (issue 8). Not a test, not in CI.
+"""Benchmark of POST /auth/token, the gateway's hot path. Not a test, not in CI.
 
 Sets up a fresh PostgreSQL database and a SQLite file, each with 1,000 active credentials
 encrypted under the configured key and valid for hours (so nothing is refreshed); starts
@@ -261,7 +261,7 @@ def table(results: dict[tuple[str, int], list[dict]], rss: dict[str, float], bar
 
 def goals(results: dict[tuple[str, int], list[dict]], rss: dict[str, float], bare: str,
           gateways: list[str]) -> str:
-    """Issue 8's goals for a valid cached token, each with its verdict."""
+    """The speed goals for a valid cached token, each with its verdict."""
     def median(name: str, connections: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, connections)])
 
@@ -464,7 +464,7 @@ def main() -> None:
                     servers.append(server)
                     outcome = refresh_storm(apps[url], server, google, api_key)
                     server.stop()
-                    # Issue 8: under 2 s plus the provider's own latency, exactly one refresh
+                    # The goal: under 2 s plus the provider's own latency, exactly one refresh
                     # per credential, every caller answered with its credential's one token.
                     verdict = "ok" if (outcome["refreshes"] == STORM_CREDENTIALS
                                        and outcome["statuses"] == {200: STORM_CALLS}

@@ -1,4 +1,4 @@
-"""The hot path stays cheap (issue 8): POST /auth/token for a valid token costs one database
+"""The hot path stays cheap: POST /auth/token for a valid token costs one database
 round trip and writes nothing, and a valid API key costs no database work once it is cached.
 
 What reaches the database is read on the wire (tests/wire.py), below SQLAlchemy and whatever

@@ -23,10 +23,9 @@ import psycopg
 import pytest
 from sqlalchemy import UniqueConstraint, update
 
-from authgateway import audit, create_app
+from authgateway import audit, create_app, oauth2
 from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
-from authgateway.providers import oauth2
 from tests.conftest import HEADERS, base_config, empty_tables, in_ci
 from tests.fakes.google import JWKS_PATH
 from tests.flow import connect, consent, start, token

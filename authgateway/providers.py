@@ -35,7 +35,7 @@ class ProviderInfo:
     #: An OpenID Connect discovery document (RFC 8414 metadata). The core fetches it when the
     #: provider is first used and fills in the endpoints, the issuer and the RFC 9207
     #: requirement (``authorization_response_iss_parameter_supported``) from it; see
-    #: ``authgateway.providers.discovery``.
+    #: ``authgateway.discovery``.
     discovery_url: str | None = None
 
     def __post_init__(self) -> None:

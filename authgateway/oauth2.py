@@ -16,8 +16,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from ..hookspecs import hookimpl
-from . import (
+from .hookspecs import hookimpl
+from .providers import (
     Identity,
     IdentityError,
     InvalidGrant,

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import ProviderInfo, ProviderMisconfigured, ProviderUnavailable
+from .providers import ProviderInfo, ProviderMisconfigured, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 
