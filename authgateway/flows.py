@@ -19,7 +19,7 @@ from .context import gateway
 from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
 from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
-from .providers import IdentityError, ProviderError, ProviderInfo
+from .providers import Identity, IdentityError, ProviderError, ProviderInfo, TokenSet
 from .tokens import store_credential
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,28 @@ def session_status(session_id: str) -> dict:
 
 
 def finish_callback(provider: str, args) -> CallbackSucceeded:
-    """Check the callback in the order RFC 9700 and RFC 9207 ask, then store the credential."""
-    gw = gateway()
+    """Check the callback in the order RFC 9700 and RFC 9207 ask, then store the credential.
+    Each step either returns what the next needs or ends the flow with a CallbackFailed."""
+    info = _callback_provider(provider)
+    session = _claim_pending_session(info, args.get("state"))
+    _check_issuer(session, info, args.get("iss"))
+    code = _authorization_code(session, info, args)
+    tokens, identity = _exchange(session, info, code)
+    _check_identity(session, info, identity)
+    return _complete(session, info, identity, tokens)
+
+
+def _callback_provider(provider: str) -> ProviderInfo:
     try:
-        info = gw.providers.info(provider)
+        return gateway().providers.info(provider)
     except GatewayError:
         raise CallbackFailed(404, "unsupported_provider",
                              "This provider is not known here.") from None
-    state = args.get("state")
+
+
+def _claim_pending_session(info: ProviderInfo, state: str | None) -> AuthSession:
+    """The pending, unexpired session this state belongs to, claimed so that no second
+    callback with the same state gets past this point."""
     if not state:
         raise CallbackFailed(400, "invalid_request", "The provider's answer carried no state.",
                              info)
@@ -135,7 +149,7 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
     if session is None:
         raise CallbackFailed(404, "session_not_found",
                              "This sign-in link is unknown or was already used.", info)
-    if session.provider != provider:
+    if session.provider != info.name:
         raise CallbackFailed(400, "invalid_request",
                              "This sign-in was started for another provider.", info)
     if session.status != PENDING or session.consumed_at is not None:
@@ -150,26 +164,33 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
         raise CallbackFailed(400, "state_already_used",
                              "This sign-in link was already used; start again.", info,
                              session.user_email)
-    _check_issuer(session, info, args.get("iss"))
+    return session
 
+
+def _authorization_code(session: AuthSession, info: ProviderInfo, args) -> str:
+    """The code the provider sent, or the flow fails with the error it sent instead."""
     if args.get("error"):
         code = args["error"] if ERROR_CODE.match(args["error"]) else "provider_error"
         _fail(session, code)
         message = (f"The sign-in at {info.display_name} was cancelled, so access was not granted."
                    if code == "access_denied" else
                    f"{info.display_name} did not grant access ({code}).")
-        raise CallbackFailed(400, code, message, info,
-                             session.user_email)
+        raise CallbackFailed(400, code, message, info, session.user_email)
     code = args.get("code")
     if not code:
         _fail(session, "invalid_request")
         raise CallbackFailed(400, "invalid_request", "The provider's answer carried no code.",
                              info, session.user_email)
+    return code
 
+
+def _exchange(session: AuthSession, info: ProviderInfo, code: str) -> tuple[TokenSet, Identity]:
+    """The code exchanged with the session's PKCE verifier, and who the provider says signed in."""
+    gw = gateway()
     verifier = gw.keyring.decrypt(session.code_verifier_encrypted, session.key_id)
     try:
-        tokens = gw.providers.exchange_code(provider, code=code, code_verifier=verifier)
-        identity = gw.providers.identity(provider, tokens=tokens)
+        tokens = gw.providers.exchange_code(info.name, code=code, code_verifier=verifier)
+        return tokens, gw.providers.identity(info.name, tokens=tokens)
     except IdentityError as exc:
         log.warning("identity check failed for session %s: %s", session.id, exc)
         _fail(session, "identity_unverified")
@@ -183,6 +204,9 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
                              f"{info.display_name} did not complete the sign-in; start again.",
                              info, session.user_email) from None
 
+
+def _check_identity(session: AuthSession, info: ProviderInfo, identity: Identity) -> None:
+    """The account that signed in must have the session's email, verified by the provider."""
     if not identity.email_verified or (identity.email or "").strip().lower() != session.user_email:
         _fail(session, "email_mismatch")
         raise CallbackFailed(403, "email_mismatch",
@@ -190,6 +214,10 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
                              "connection was started for. Nothing was stored.", info,
                              session.user_email)
 
+
+def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
+              tokens: TokenSet) -> CallbackSucceeded:
+    """Store the credential and mark the session completed, in one transaction."""
     session_id, user_email, actor = session.id, session.user_email, session.api_key_name
     requested = session.scopes.split()
     # The credential is written on a connection of its own (store_credential): return this one
@@ -200,10 +228,10 @@ def finish_callback(provider: str, args) -> CallbackSucceeded:
         # In the credential's transaction: a session reads completed only with its tokens stored.
         connection.execute(update(AuthSession).where(AuthSession.id == session_id)
                            .values(status=COMPLETED, completed_at=utcnow()))
-        audit.record("flow_completed", actor=actor, user_email=user_email, provider=provider,
+        audit.record("flow_completed", actor=actor, user_email=user_email, provider=info.name,
                      connection=connection)
 
-    granted = store_credential(user_email, provider, identity.subject, tokens,
+    granted = store_credential(user_email, info.name, identity.subject, tokens,
                                requested=requested, also=complete)
     return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted)
 

@@ -12,6 +12,12 @@ from .extensions import db
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
 
+#: What kind of failure a credential's last refresh met (``last_error_kind``); ``last_error``
+#: holds the provider's own code for people to read.
+UNAVAILABLE = "unavailable"      # transient: network, timeout, 5xx, 429
+MISCONFIGURED = "misconfigured"  # the provider refused the gateway's own client
+INVALID_GRANT = "invalid_grant"  # the grant is dead: the user must connect again
+
 PENDING = "pending"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -61,6 +67,7 @@ class Credential(db.Model):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     refresh_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(64))
+    last_error_kind: Mapped[str | None] = mapped_column(String(16))
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

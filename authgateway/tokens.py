@@ -23,9 +23,22 @@ from .errors import (
     RefreshFailedError,
 )
 from .extensions import db
-from .models import ACTIVE, NEEDS_REAUTH, Credential, utcnow
-from .providers import InvalidGrant, ProviderMisconfigured, ProviderUnavailable, TokenSet
-from .providers.oauth2 import MISCONFIGURATION_ERRORS
+from .models import (
+    ACTIVE,
+    INVALID_GRANT,
+    MISCONFIGURED,
+    NEEDS_REAUTH,
+    UNAVAILABLE,
+    Credential,
+    utcnow,
+)
+from .providers import (
+    InvalidGrant,
+    ProviderError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    TokenSet,
+)
 from .storage import credential_transaction, insert_on_conflict
 
 log = logging.getLogger(__name__)
@@ -118,27 +131,16 @@ def _refresh(seen: Row, min_valid_seconds: float,
 
 def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
                     force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
+    """Under the row lock: answer with what another worker settled meanwhile, else ask the
+    provider once and store its answer."""
     row = _read(connection, seen.user_email, seen.provider, lock=True)
     if row is None:
         raise NotAuthenticatedError()
     if row.status == NEEDS_REAUTH:
         raise RefreshFailedError()
-    # Another worker refreshed (or the user re-authorized) while we waited: use its token, even
-    # when it is valid for less than asked (a provider's lifetime shorter than the buffer):
-    # it is as fresh as the provider makes them. Compared by time, not ciphertext:
-    # re-encryption under a new key is not a new token.
-    renewed = (row.last_refreshed_at, row.authenticated_at) != (seen.last_refreshed_at,
-                                                                seen.authenticated_at)
-    if (renewed and _valid_for(row, 0)) or (
-            not force_refresh and _valid_for(row, min_valid_seconds)):
-        return _answer(row), "fresh"
-    if row.last_error_at is not None and row.last_error_at != seen.last_error_at:
-        # Another worker's attempt failed while we waited for the lock. Share its outcome, as
-        # we would share its token: one upstream call per wave of callers, so a failing provider
-        # is not hit once per waiter and nobody waits for one timeout per caller ahead of it.
-        if _is_misconfiguration(row.last_error):
-            return ProviderMisconfiguredError()
-        return _transient_failure(row, force_refresh)
+    settled = _settled_while_waiting(row, seen, min_valid_seconds, force_refresh)
+    if settled is not None:
+        return settled
     if row.refresh_token_encrypted is None:
         if _valid_for(row, 0) and not force_refresh:
             return _answer(row), "failed"
@@ -147,21 +149,55 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
     refresh_token = _decrypt(row, "refresh_token_encrypted")
     try:
         tokens = gateway().providers.refresh(row.provider, refresh_token=refresh_token)
-    except InvalidGrant as exc:
+    except (InvalidGrant, ProviderMisconfigured, ProviderUnavailable) as exc:
+        return _refresh_refused(connection, row, exc, force_refresh)
+    return _store_refreshed(connection, row, tokens, refresh_token)
+
+
+def _settled_while_waiting(row: Row, seen: Row, min_valid_seconds: float,
+                           force_refresh: bool) -> tuple[AccessToken, str] | GatewayError | None:
+    """What another worker's refresh, or a completed flow, decided while we waited for the
+    lock; None when nothing did and the provider must be asked."""
+    # A renewed token is used even when it is valid for less than asked (a provider's lifetime
+    # shorter than the buffer): it is as fresh as the provider makes them. Compared by time,
+    # not ciphertext: re-encryption under a new key is not a new token.
+    renewed = (row.last_refreshed_at, row.authenticated_at) != (seen.last_refreshed_at,
+                                                                seen.authenticated_at)
+    if (renewed and _valid_for(row, 0)) or (
+            not force_refresh and _valid_for(row, min_valid_seconds)):
+        return _answer(row), "fresh"
+    if row.last_error_at is not None and row.last_error_at != seen.last_error_at:
+        # Another worker's attempt failed meanwhile. Its outcome is shared, as its token would
+        # be: one upstream call per wave of callers, so a failing provider is not hit once per
+        # waiter and nobody waits for one timeout per caller ahead of it.
+        if row.last_error_kind == MISCONFIGURED:
+            return ProviderMisconfiguredError()
+        return _transient_failure(row, force_refresh)
+    return None
+
+
+def _refresh_refused(connection: Connection, row: Row, exc: ProviderError,
+                     force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
+    """Record why the provider refused, by kind: a dead grant is marked, anything else changes
+    only the bookkeeping."""
+    if isinstance(exc, InvalidGrant):
         if _mark_needs_reauth(connection, row, exc.code or "invalid_grant"):
             return RefreshFailedError()
         return _newer_grant(connection, row)  # the grant refused is no longer the one stored
-    except ProviderUnavailable as exc:
-        _record_failure(connection, row, exc.code or "unavailable")
-        log.warning("refresh of credential %s at %s failed transiently: %s", row.id,
-                    row.provider, exc)
-        return _transient_failure(row, force_refresh)
-    except ProviderMisconfigured as exc:
-        _record_failure(connection, row, exc.code or "misconfigured")
+    if isinstance(exc, ProviderMisconfigured):
+        _record_failure(connection, row, MISCONFIGURED, exc.code or "misconfigured")
         log.error("OPERATOR ACTION NEEDED: %s rejected the gateway's client credentials "
                   "(%s); check %s_CLIENT_ID and %s_CLIENT_SECRET", row.provider, exc.code,
                   row.provider.upper(), row.provider.upper())
         return ProviderMisconfiguredError()
+    _record_failure(connection, row, UNAVAILABLE, exc.code or "unavailable")
+    log.warning("refresh of credential %s at %s failed transiently: %s", row.id,
+                row.provider, exc)
+    return _transient_failure(row, force_refresh)
+
+
+def _store_refreshed(connection: Connection, row: Row, tokens: TokenSet,
+                     refresh_token: str) -> tuple[AccessToken, str] | GatewayError:
     values = _token_values(row.provider, tokens, refresh_token_fallback=refresh_token,
                            scopes_fallback=row.scopes.split())
     now = utcnow()
@@ -170,12 +206,12 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
     stored = connection.execute(
         update(credentials).where(*_same_grant(row)).values(
             **values, last_refreshed_at=now, refresh_failures=0, last_error=None,
-            last_error_at=None, updated_at=now,
+            last_error_kind=None, last_error_at=None, updated_at=now,
         )
     ).rowcount == 1
     if not stored:
-        # A flow completed without the lock while we were at the provider (by a gateway of
-        # an earlier version, mid-upgrade): its new grant wins, as it would have a moment later.
+        # A flow completed without the credential's lock while we were at the provider: its
+        # new grant wins, as it would have a moment later.
         return _newer_grant(connection, row)
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
@@ -190,8 +226,9 @@ def _same_grant(row: Row) -> tuple:
     while we hold its lock. On SQLite a writer that does not take the credential's lock
     (storage.credential_transaction) can commit between our read and our write. A
     re-encryption changes only the ciphertexts, which a write from ``row`` replaces or
-    leaves alone, so it is not a reason to drop the write. A flow completed by a gateway of an
-    earlier version, mid-upgrade, did not take the lock and changes ``authenticated_at``."""
+    leaves alone, so it is not a reason to drop the write. A flow that completes without the
+    credential's lock (a gateway process of another version, mid-upgrade) changes
+    ``authenticated_at``."""
     return credentials.c.id == row.id, credentials.c.authenticated_at == row.authenticated_at
 
 
@@ -209,14 +246,6 @@ def _transient_failure(row: Row, force_refresh: bool) -> tuple[AccessToken, str]
     if _valid_for(row, 0) and not force_refresh:
         return _answer(row), "failed"
     return ProviderUnavailableError()
-
-
-def _is_misconfiguration(code: str | None) -> bool:
-    """Whether a recorded failure code is one ProviderMisconfigured carries (a client error
-    other than invalid_grant and 429)."""
-    return code in MISCONFIGURATION_ERRORS or code == "misconfigured" or (
-        code is not None and code.startswith("http_4") and code != "http_429"
-    )
 
 
 def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: str | None,
@@ -265,8 +294,8 @@ def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
     marked = connection.execute(
         update(credentials).where(*_same_grant(row)).values(
             status=NEEDS_REAUTH, access_token_encrypted=None, refresh_token_encrypted=None,
-            refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=now,
-            updated_at=now,
+            refresh_failures=row.refresh_failures + 1, last_error=error,
+            last_error_kind=INVALID_GRANT, last_error_at=now, updated_at=now,
         )
     ).rowcount == 1
     if marked:
@@ -275,11 +304,12 @@ def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
     return marked
 
 
-def _record_failure(connection: Connection, row: Row, error: str) -> None:
+def _record_failure(connection: Connection, row: Row, kind: str, error: str) -> None:
     """Only the operator's bookkeeping changes: tokens, expiry, scopes and status stay."""
     connection.execute(
         update(credentials).where(*_same_grant(row)).values(
-            refresh_failures=row.refresh_failures + 1, last_error=error, last_error_at=utcnow(),
+            refresh_failures=row.refresh_failures + 1, last_error=error, last_error_kind=kind,
+            last_error_at=utcnow(),
             # Kept, or the column's onupdate would stamp it: the credential itself is unchanged.
             updated_at=row.updated_at,
         )
@@ -338,7 +368,7 @@ def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list
         **_token_values(provider, tokens, refresh_token_fallback=kept_refresh_token,
                         scopes_fallback=requested),
         "subject": subject, "authenticated_at": now, "refresh_failures": 0, "last_error": None,
-        "last_error_at": None, "updated_at": now,
+        "last_error_kind": None, "last_error_at": None, "updated_at": now,
     }
 
 
@@ -423,8 +453,8 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
                 provider_revoked = gw.providers.revoke(provider, token=token,
                                                        token_type_hint=hint)
         # Flows wait for this lock (store_credential). A grant stored without it while we were
-        # at the provider (an earlier version, mid-upgrade) is not the one revoked there: it
-        # stays, as it would have had its flow completed a moment later.
+        # at the provider is not the one revoked there: it stays, as it would have had its
+        # flow completed a moment later.
         connection.execute(delete(credentials).where(*_same_grant(row)))
         audit.record("revoked", actor=api_key_name, user_email=user_email, provider=provider,
                      outcome="ok" if provider_revoked else "local_only", connection=connection)

@@ -25,7 +25,7 @@ from tests.flow import connect, token
 from tests.wire import Wire
 
 EMAIL = "ada@example.com"
-BOOKKEEPING = {"refresh_failures", "last_error", "last_error_at"}
+BOOKKEEPING = {"refresh_failures", "last_error", "last_error_kind", "last_error_at"}
 credentials = Credential.__table__
 
 
@@ -374,6 +374,8 @@ def test_a_failed_refresh_leaves_the_credential_exactly_as_it_was(
     assert_only_bookkeeping_changed(before, after)
     assert after["access_token_encrypted"] == old_token
     assert after["last_error"] == last_error
+    assert after["last_error_kind"] == ("misconfigured" if error == "provider_misconfigured"
+                                        else "unavailable")
     assert elapsed < 2.5  # the timeout bounds a hang
     if error == "provider_misconfigured":
         assert any(r.levelno >= logging.ERROR and "OPERATOR ACTION" in r.getMessage()
