@@ -10,11 +10,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.fernet import Fernet
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from authgateway import create_app
 from authgateway.extensions import db
-from authgateway.models import render_item  # noqa: F401  (the same hook autogenerate uses)
+from authgateway.models import (
+    render_item,  # noqa: F401  (the same hook autogenerate uses)
+    utcnow,
+)
 from tests.conftest import base_config, empty_postgres_database
 
 TABLES = {"credentials", "auth_sessions", "api_keys", "audit_events", "alembic_version"}
@@ -50,3 +53,39 @@ def test_the_cli_builds_the_schema_on_an_empty_database(empty_database, command)
     with app.app_context():
         assert TABLES <= set(inspect(db.engine).get_table_names())
         db.engine.dispose()
+
+
+def test_the_failure_kind_is_filled_in_for_credentials_that_failed_before_it_was_stored(
+    empty_database,
+):
+    """Migration 0003 classifies each recorded failure once, as the code string was read until
+    then, so that a credential whose provider refused the client stays 'misconfigured'."""
+    from flask_migrate import upgrade
+
+    app = create_app(base_config(empty_database))
+    codes = {"invalid_client": "misconfigured", "http_401": "misconfigured",
+             "http_429": "unavailable", "timeout": "unavailable", None: None}
+    with app.app_context():
+        upgrade(revision="0002")
+        with db.engine.begin() as connection:
+            for number, code in enumerate(codes):
+                connection.execute(text(
+                    "INSERT INTO credentials (user_email, provider, scopes, status, "
+                    "authenticated_at, refresh_failures, last_error, created_at, updated_at) "
+                    "VALUES (:email, 'google', '', 'active', :now, 1, :code, :now, :now)"),
+                    {"email": f"u{number}@example.com", "code": code, "now": utcnow()})
+            connection.execute(text(
+                "INSERT INTO credentials (user_email, provider, scopes, status, authenticated_at,"
+                " refresh_failures, last_error, created_at, updated_at) VALUES ('dead@example.com'"
+                ", 'google', '', 'needs_reauth', :now, 1, 'invalid_grant', :now, :now)"),
+                {"now": utcnow()})
+        upgrade()
+        with db.engine.connect() as connection:
+            kinds = dict(connection.execute(text(
+                "SELECT last_error, last_error_kind FROM credentials WHERE status = 'active'")
+            ).all())
+            dead = connection.execute(text(
+                "SELECT last_error_kind FROM credentials WHERE status = 'needs_reauth'")).scalar()
+        db.engine.dispose()
+    assert kinds == codes
+    assert dead == "invalid_grant"
