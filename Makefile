@@ -11,8 +11,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml $(wildcard plugins/*/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml client/pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e client $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,12 +1,15 @@
-"""authgateway.client against the real gateway served on loopback (the `live` fixture), both
+"""authgateway_client against the real gateway served on loopback (the `live` fixture), both
 clients, both database backends: every method, every error code a caller can reach, the retry
-policy, and the API key kept out of reprs, messages and logs."""
+policy, the API key kept out of reprs, messages and logs, and the server package's
+`authgateway.client` name for the same client."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -14,15 +17,10 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
+import authgateway_client
 import pytest
 import requests
-from sqlalchemy import update
-
-import authgateway
-from authgateway import errors as server_errors
-from authgateway.client import (
-    ERROR_CLASSES,
+from authgateway_client import (
     ApiKeyError,
     AsyncGatewayClient,
     AuthRequired,
@@ -45,6 +43,9 @@ from authgateway.client import (
     UnexpectedResponse,
     UnsupportedProvider,
 )
+from sqlalchemy import update
+
+import authgateway
 from authgateway.extensions import db
 from authgateway.models import Credential
 from tests.conftest import API_KEY, serve_wsgi
@@ -420,20 +421,6 @@ def test_decryption_failed(gw, live):
     assert caught.value.status == 500
 
 
-def test_every_gateway_error_code_has_its_exception():
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
-
-    for server_class in (server_errors.GatewayError, *subclasses(server_errors.GatewayError)):
-        client_class = ERROR_CLASSES[server_class.code]
-        assert client_class.code == server_class.code
-        assert client_class.auth_required == server_class.auth_required
-        if server_class is not server_errors.PayloadTooLargeError:  # 413, invalid_request too
-            assert client_class.status == server_class.status, server_class
-
-
 # ---- retries, timeouts, secrets ----------------------------------------------------------------
 
 def test_connection_refused_is_retried_then_raised(make_client, client_log):
@@ -441,13 +428,13 @@ def test_connection_refused_is_retried_then_raised(make_client, client_log):
     with pytest.raises(GatewayConnectionError) as caught:
         gw.providers(EMAIL)
     assert caught.value.retryable and caught.value.status is None
-    retries = [r.getMessage() for r in client_log.records if r.name == "authgateway.client"]
+    retries = [r.getMessage() for r in client_log.records if r.name == "authgateway_client"]
     assert len(retries) == 2
     assert retries[0].startswith("gateway call providers failed (ConnectError); retry 1 of 2")
     client_log.clear()
     with pytest.raises(GatewayConnectionError):
         gw.start_auth("google", EMAIL)  # never retried
-    assert not [r for r in client_log.records if r.name == "authgateway.client"]
+    assert not [r for r in client_log.records if r.name == "authgateway_client"]
 
 
 def test_502_from_a_proxy_is_retried_on_reads_only(live, make_client):
@@ -494,16 +481,24 @@ def test_api_key_never_leaks(live, make_client, client_log):
         assert wrong not in text and API_KEY not in text
 
 
+# ---- the server package's name for the client -------------------------------------------------
 
-def test_a_degraded_gateway_is_an_answer_not_retried():
-    seen = []
+def test_authgateway_client_is_the_same_client(live):
+    from authgateway.client import GatewayClient as OldName
+    from authgateway.client import NotAuthenticated as OldNotAuthenticated
 
-    def degraded(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(503, json={"status": "degraded", "database": "unavailable",
-                                         "encryption": "operational", "version": "9"})
+    legacy = importlib.import_module("authgateway.client")
+    assert legacy.__all__ == authgateway_client.__all__
+    for name in authgateway_client.__all__:
+        assert getattr(legacy, name) is getattr(authgateway_client, name), name
+    with OldName(live.url, API_KEY) as gw:
+        with pytest.raises(OldNotAuthenticated):
+            gw.get_token("google", EMAIL)
 
-    with GatewayClient("http://gateway.invalid", API_KEY,
-                       transport=httpx.MockTransport(degraded)) as gw:
-        health = gw.health()
-    assert not health.healthy and health.database == "unavailable" and len(seen) == 1
+
+def test_authgateway_client_without_the_client_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "authgateway_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "authgateway.client", raising=False)
+    with pytest.raises(ImportError, match=r"`pip install \./client`") as caught:
+        importlib.import_module("authgateway.client")
+    assert caught.value.name == "authgateway_client"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from authgateway_client import GatewayClient
 
-from authgateway.client import GatewayClient
 from tests.conftest import API_KEY
 from tests.fakes.google import USERINFO_PATH
 

@@ -4,7 +4,7 @@ The gateway keeps the user's Google grant; this server asks it for a fresh acces
 each call and never sees a refresh token or a client secret. When the user has not connected
 Google (or Google no longer accepts the grant), the tool answers with the link to connect it.
 
-    pip install 'authgateway[client]' 'mcp>=1.2'
+    pip install './client[mcp]'                               # from the repository's root
     AUTH_GATEWAY_URL=http://127.0.0.1:8000 AUTH_GATEWAY_API_KEY=... \
         python examples/mcp_google_profile/server.py          # speaks MCP on stdio
 
@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 
 import httpx
-
-from authgateway.client import AsyncGatewayClient, AuthRequired, GatewayError, ProviderUnavailable
+from authgateway_client import AsyncGatewayClient, AuthRequired, GatewayError, ProviderUnavailable
 
 try:  # mcp 2 renamed FastMCP to MCPServer; the API used here is the same in both.
     from mcp.server.mcpserver import MCPServer as FastMCP

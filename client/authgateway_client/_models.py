@@ -1,5 +1,5 @@
 """The client's results: frozen dataclasses read from the gateway's JSON, times as aware
-datetimes. Import them from ``authgateway.client``."""
+datetimes. Import them from the package, ``authgateway_client``."""
 
 from __future__ import annotations
 

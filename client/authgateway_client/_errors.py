@@ -1,6 +1,6 @@
 """The client's exceptions: one class per wire error code of API.md, plus what can go wrong on
-the way (connection, timeout, an answer outside the contract). Import them from
-``authgateway.client``.
+the way (connection, timeout, an answer outside the contract). Import them from the package,
+``authgateway_client``.
 
 Branch on the class (or on ``code``); ``message`` is the gateway's sentence for people. None
 of them carries the API key, a token or an upstream response body.
