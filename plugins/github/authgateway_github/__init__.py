@@ -72,7 +72,9 @@ def authgateway_fetch_identity(
     if provider.name != NAME:
         return None
     user = _api_get(provider, config, tokens.access_token, provider.userinfo_url)
-    emails = _api_get(provider, config, tokens.access_token, provider.userinfo_url + "/emails")
+    # The list is paginated (30 by default); 100 per page covers any real account.
+    emails = _api_get(provider, config, tokens.access_token,
+                      provider.userinfo_url + "/emails?per_page=100")
     if not isinstance(user, dict) or not isinstance(user.get("id"), int):
         raise IdentityError("GitHub did not name the signed-in account")
     if not isinstance(emails, list):
