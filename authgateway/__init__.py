@@ -12,6 +12,7 @@ from .providers import (
     ProviderInfo,
     ProviderMisconfigured,
     ProviderUnavailable,
+    TokenAnswers,
     TokenSet,
 )
 from .version import __version__
@@ -36,5 +37,6 @@ __all__ = [
     "ProviderInfo",
     "ProviderMisconfigured",
     "ProviderUnavailable",
+    "TokenAnswers",
     "TokenSet",
 ]

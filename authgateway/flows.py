@@ -20,7 +20,7 @@ from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
 from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
 from .providers import Identity, IdentityError, ProviderError, ProviderInfo, TokenSet
-from .tokens import store_credential
+from .tokens import AccountMismatch, store_credential
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _exchange(session: AuthSession, info: ProviderInfo, code: str) -> tuple[Toke
 
 def _check_identity(session: AuthSession, info: ProviderInfo, identity: Identity) -> None:
     """The account that signed in must have the session's email, verified by the provider."""
-    if not identity.email_verified or (identity.email or "").strip().lower() != session.user_email:
+    if session.user_email not in {email.strip().lower() for email in identity.proven_emails}:
         _fail(session, "email_mismatch")
         raise CallbackFailed(403, "email_mismatch",
                              "You signed in with a different account than the one this "
@@ -231,8 +231,15 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
         audit.record("flow_completed", actor=actor, user_email=user_email, provider=info.name,
                      connection=connection)
 
-    granted = store_credential(user_email, info.name, identity.subject, tokens,
-                               requested=requested, also=complete)
+    try:
+        granted = store_credential(user_email, info.name, identity.subject, tokens,
+                                   requested=requested, also=complete)
+    except AccountMismatch:
+        _fail(db.session.get(AuthSession, session_id), "account_mismatch")
+        raise CallbackFailed(400, "account_mismatch",
+                             f"This user is connected to another {info.display_name} account. "
+                             "Nothing was stored; revoke that connection first to switch "
+                             "accounts.", info, user_email) from None
     return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted)
 
 

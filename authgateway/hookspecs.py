@@ -3,6 +3,11 @@
 Every operation hook is ``firstresult``: the first plugin that returns something other than
 ``None`` answers, and the core's default plugin (registered ``trylast``) answers for any standard
 OAuth 2.0 / OIDC provider. A plugin returns ``None`` for providers that are not its own.
+
+A plugin that overrides a hook reuses the standard behaviour for the rest through the public
+helpers in ``authgateway.standard`` (authorize URL, client authentication, token endpoint call,
+reading of its answer), and says how its token endpoint answers with
+``ProviderInfo.token_answers`` (``authgateway.providers.TokenAnswers``).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def authgateway_authorization_url(
 def authgateway_exchange_code(
     provider: ProviderInfo, config: ProviderConfig, code: str, code_verifier: str
 ) -> TokenSet | None:
-    """Exchange an authorization code; raise a ``ProviderError`` subclass on failure."""
+    """Exchange an authorization code; raise a ``ProviderError`` subclass on failure.
+    ``authgateway.standard.exchange_code`` is the standard call."""
 
 
 @hookspec(firstresult=True)
@@ -48,15 +54,20 @@ def authgateway_refresh_token(
     provider: ProviderInfo, config: ProviderConfig, refresh_token: str
 ) -> TokenSet | None:
     """Use a refresh token; raise ``InvalidGrant`` when the grant is dead,
-    ``ProviderUnavailable`` when the failure is transient."""
+    ``ProviderUnavailable`` when the failure is transient. A ``TokenSet`` without
+    ``refresh_token`` keeps the one stored; with one, it replaces it in the same write, so a
+    rotated-away refresh token is never sent again. ``expires_in`` None: the token never
+    expires and is never refreshed."""
 
 
 @hookspec(firstresult=True)
 def authgateway_revoke_token(
     provider: ProviderInfo, config: ProviderConfig, token: str, token_type_hint: str
 ) -> bool | None:
-    """Revoke a token at the provider (RFC 7009). Return True when the provider confirmed it,
-    False when it could not be reached or has no revocation endpoint."""
+    """Revoke a token at the provider (RFC 7009). ``token`` is the refresh token when the
+    credential has one, unless ``ProviderInfo.revoke_with`` is ``access_token``. Return True
+    when the provider confirmed it, False when it could not be reached or has no revocation
+    endpoint."""
 
 
 @hookspec(firstresult=True)
@@ -64,4 +75,6 @@ def authgateway_fetch_identity(
     provider: ProviderInfo, config: ProviderConfig, tokens: TokenSet
 ) -> Identity | None:
     """Return who signed in (a verified id_token, else userinfo); raise ``IdentityError``
-    when it cannot be established."""
+    when it cannot be established. The flow is accepted when its email is among
+    ``Identity.proven_emails`` (``email`` if ``email_verified``, and ``verified_emails``), and,
+    for a user who already has a credential, when ``subject`` is the one stored."""

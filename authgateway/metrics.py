@@ -80,7 +80,7 @@ UPSTREAM_OPERATIONS = {
 #: the callback's query string cannot mint new time series.
 FLOW_FAILURES = frozenset({
     "expired", "provider_unavailable", "iss_mismatch", "invalid_request", "identity_unverified",
-    "exchange_failed", "email_mismatch", "access_denied", "unauthorized_client",
+    "exchange_failed", "email_mismatch", "account_mismatch", "access_denied", "unauthorized_client",
     "unsupported_response_type", "invalid_scope", "server_error", "temporarily_unavailable",
     "interaction_required", "login_required", "account_selection_required",
     "consent_required",

@@ -108,7 +108,7 @@ def _document(version: str) -> dict:
                 "responses": {status: {"description": text,
                                        "content": {"text/html": {"schema": {"type": "string"}}}}
                               for status, text in (
-                                  ("200", "Connected"), ("400", "Refused or invalid"),
+                                  ("200", "Connected"), ("400", "Refused, or account_mismatch"),
                                   ("403", "email_mismatch"), ("404", "Unknown state"),
                                   ("410", "Expired"), ("500", "decryption_failed"),
                                   ("502", "The code exchange failed"))},

@@ -113,12 +113,12 @@ class Providers:
         return self.discovery.resolve(self.info(name))
 
     def missing_settings(self, name: str) -> list[str]:
+        """The settings the provider needs that are not set: the three every provider needs,
+        then those it declares (``ProviderInfo.required_settings``)."""
         prefix = name.upper()
-        return [
-            f"{prefix}_{key}"
-            for key in REQUIRED_PROVIDER_SETTINGS
-            if not self._settings.get(f"{prefix}_{key}")
-        ]
+        wanted = [f"{prefix}_{key}" for key in REQUIRED_PROVIDER_SETTINGS]
+        wanted += self.info(name).required_settings
+        return [setting for setting in dict.fromkeys(wanted) if not self._settings.get(setting)]
 
     def config(self, name: str) -> ProviderConfig:
         info = self.info(name)
@@ -134,6 +134,7 @@ class Providers:
             client_secret=str(self._settings.get(f"{prefix}_CLIENT_SECRET")),
             redirect_uri=str(self._settings.get(f"{prefix}_REDIRECT_URI")),
             timeout=self._timeout,
+            settings={key: str(self._settings.get(key)) for key in info.required_settings},
         )
 
     def authorization_url(

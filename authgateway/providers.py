@@ -5,6 +5,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+#: Token endpoint errors that are the operator's to fix (RFC 6749 section 5.2 apart from
+#: invalid_grant, plus Google's redirect_uri_mismatch).
+MISCONFIGURATION_ERRORS = frozenset({
+    "invalid_client", "unauthorized_client", "redirect_uri_mismatch", "invalid_request",
+    "invalid_scope", "unsupported_grant_type",
+})
+
+
+@dataclass(frozen=True)
+class TokenAnswers:
+    """How a provider's token endpoint answers, for the one function that reads every answer
+    (``authgateway.standard.parse_token_answer``). Whatever the provider, an answer carrying
+    ``error`` is an error even with HTTP 200, numbers sent as strings (``"28800"``) are read
+    as numbers, and an answer without ``expires_in`` is a token that never expires (its
+    ``expires_at`` is null and it is never refreshed)."""
+
+    #: How ``scope`` in the answer separates scopes; None means whitespace (RFC 6749 section
+    #: 3.3). GitHub answers ``read:user,user:email``.
+    scope_separator: str | None = None
+    #: Error codes saying the grant (the code or the refresh token) is dead: the user must
+    #: authorize again. Raised as ``InvalidGrant``.
+    dead_grant_errors: frozenset[str] = frozenset({"invalid_grant"})
+    #: Error codes an operator must fix. Raised as ``ProviderMisconfigured``, as is any other
+    #: 4xx or error code; 429, 5xx, timeouts and unreadable answers are ``ProviderUnavailable``.
+    misconfiguration_errors: frozenset[str] = MISCONFIGURATION_ERRORS
+
 
 @dataclass(frozen=True)
 class ProviderInfo:
@@ -37,6 +63,16 @@ class ProviderInfo:
     #: requirement (``authorization_response_iss_parameter_supported``) from it; see
     #: ``authgateway.discovery``.
     discovery_url: str | None = None
+    #: How the token endpoint's answers read; see ``TokenAnswers``.
+    token_answers: TokenAnswers = field(default_factory=TokenAnswers)
+    #: Which token revocation sends when the credential has both: ``refresh_token`` (RFC 7009:
+    #: revoking it ends the grant) or ``access_token`` (GitHub revokes a grant by its access
+    #: token only).
+    revoke_with: str = "refresh_token"
+    #: Settings the provider needs besides ``<NAME>_CLIENT_ID``, ``_CLIENT_SECRET`` and
+    #: ``_REDIRECT_URI``, by full name; ``providers list`` names the missing ones and their
+    #: values reach the hooks in ``ProviderConfig.settings``.
+    required_settings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.discovery_url and not (self.authorize_url and self.token_url):
@@ -57,6 +93,8 @@ class ProviderConfig:
     client_secret: str = field(repr=False)
     redirect_uri: str
     timeout: float = 10.0
+    #: The values of the provider's ``required_settings``, by name.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,11 +111,24 @@ class TokenSet:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who signed in, as the provider vouches for it."""
+    """Who signed in, as the provider vouches for it.
+
+    ``subject`` is the provider's stable id of the account; a credential remembers it, and a
+    later flow for the same user and provider must sign in as the same subject. A flow is
+    accepted when its email is one the provider verified: ``email`` when ``email_verified``,
+    or any of ``verified_emails`` (a provider that lists every verified address of the
+    account, such as GitHub, puts them there)."""
 
     subject: str
-    email: str | None
-    email_verified: bool
+    email: str | None = None
+    email_verified: bool = False
+    verified_emails: tuple[str, ...] = ()
+
+    @property
+    def proven_emails(self) -> tuple[str, ...]:
+        """Every address the provider vouches for, as it wrote them."""
+        primary = (self.email,) if self.email and self.email_verified else ()
+        return tuple(dict.fromkeys((*primary, *self.verified_emails)))
 
 
 class ProviderError(Exception):

@@ -351,9 +351,17 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
         # Revoked while we waited for the lock: store this grant as a new credential.
 
 
+class AccountMismatch(Exception):
+    """A flow signed in as another subject than the credential's: nothing is stored."""
+
+
 def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list[str],
                   row: Row | None) -> dict:
-    """The columns a completed flow sets, over ``row`` (read under its lock) if there is one."""
+    """The columns a completed flow sets, over ``row`` (read under its lock) if there is one.
+    The credential is pinned to its subject: a provider that lets an email move between
+    accounts must not let another account take over the user's connection (revoke first)."""
+    if row is not None and row.subject and row.subject != subject:
+        raise AccountMismatch()
     kept_refresh_token = None
     if row is not None and row.refresh_token_encrypted and row.subject == subject:
         # Without prompt=consent a provider may send no new refresh token: keep the one we have.
@@ -441,9 +449,11 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         if row is None:
             raise NotAuthenticatedError()
         provider_revoked = False
+        by_access = (gw.providers.info(provider).revoke_with == "access_token"
+                     and row.access_token_encrypted is not None)
         column, hint = (("refresh_token_encrypted", "refresh_token")
-                        if row.refresh_token_encrypted else ("access_token_encrypted",
-                                                             "access_token"))
+                        if row.refresh_token_encrypted and not by_access
+                        else ("access_token_encrypted", "access_token"))
         if getattr(row, column) is not None:
             try:
                 token = _decrypt(row, column)
