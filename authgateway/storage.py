@@ -188,9 +188,9 @@ class _LibpqRead(_CompiledRead):
 
     What it takes from psycopg beyond its documented API, each checked by
     tests/test_raw_read.py: ``Connection.pgconn``; ``pq.PGconn.prepare``, ``exec_prepared`` and
-    ``exec_params`` with text parameters and text results; ``pq.PGresult.status``, ``ntuples``
-    and ``error_field``; and ``psycopg.adapt.Transformer`` built from the connection, with
-    ``dump_sequence``, ``set_pgresult`` and ``load_row``.
+    ``exec_params`` with text parameters and text results; ``pq.PGresult.status``,
+    ``ntuples``, ``error_field`` and ``error_message``; and ``psycopg.adapt.Transformer`` built
+    from the connection, with ``dump_sequence``, ``set_pgresult`` and ``load_row``.
     """
 
     _names = itertools.count()
@@ -246,7 +246,8 @@ def _check(pgconn, result, expected) -> None:
     broken."""
     if result.status == expected:
         return
-    message = (result.error_message or pgconn.error_message).decode(errors="replace").strip()
+    message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or result.error_message
+               or pgconn.error_message).decode(errors="replace").strip()
     code = _sqlstate(result)
     try:
         error = psycopg.errors.lookup(code) if code else psycopg.OperationalError
