@@ -22,9 +22,11 @@ from packaging.version import Version
 from psycopg import pq
 from sqlalchemy import Integer, bindparam, func, select, update
 
-from authgateway import storage, tokens
+from authgateway import create_app, storage, tokens
+from authgateway.context import gateway
 from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
+from tests.conftest import ENCRYPTION_KEY
 from tests.flow import connect, token
 from tests.wire import Wire
 
@@ -248,3 +250,25 @@ def test_both_modes_answer_the_same_over_http(make_app):
     finally:
         for wire in wires:
             wire.close()
+
+
+@pytest.mark.parametrize("value,read", [(None, storage._LibpqRead), ("on", storage._LibpqRead),
+                                        ("off", storage._PsycopgRead),
+                                        ("0", storage._PsycopgRead),
+                                        ("false", storage._PsycopgRead)])
+def test_the_setting_in_the_environment_chooses_the_read(database_url, monkeypatch, tmp_path,
+                                                         value, read):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("AUTH_GATEWAY_ENCRYPTION_KEY", ENCRYPTION_KEY)
+    monkeypatch.setenv("AUTH_GATEWAY_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("AUTH_GATEWAY_LOAD_PLUGINS", "0")
+    if value is None:
+        monkeypatch.delenv("AUTH_GATEWAY_PG_RAW_READ", raising=False)
+    else:
+        monkeypatch.setenv("AUTH_GATEWAY_PG_RAW_READ", value)
+    app = create_app()
+    with app.app_context():
+        reader = gateway().reader
+        assert reader.first(BY_EMAIL, user_email="nobody@example.com", provider="google") is None
+        assert [type(r) for r in reader._compiled.values()] == [read]
+        db.engine.dispose()
