@@ -67,7 +67,8 @@ def build_app(test_config: dict | None = None) -> Flask:
                      render_item=render_item)
     with app.app_context():
         configure_engine(db.engine)
-        reader = RowReader(db.engine, prepare=app.config["DB_PREPARE_THRESHOLD"] is not None)
+        reader = RowReader(db.engine, prepare=app.config["DB_PREPARE_THRESHOLD"] is not None,
+                           raw=app.config["PG_RAW_READ"])
 
     settings = settings_module.Settings(app.config, environ)
     pm = build_plugin_manager(

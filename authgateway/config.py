@@ -46,6 +46,7 @@ DEFAULTS: dict[str, object] = {
     "BLOCK_PLUGINS": "",
     "DB_POOL_SIZE": 10,
     "DB_PREPARE_THRESHOLD": 5,  # psycopg's default; "none" behind PgBouncer < 1.21
+    "PG_RAW_READ": True,  # the token read through libpq below psycopg (storage.RowReader)
     "METRICS_TOKEN": None,
     "MIGRATIONS_DIR": None,  # None: migrations/ beside the package, else ./migrations
     "MAX_CONTENT_LENGTH": 64 * 1024,
@@ -144,6 +145,7 @@ def validate(config: dict, instance_path: str) -> KeyRing:
         )
     config["LOG_LEVEL"] = level
     config["LOAD_PLUGINS"] = _flag(config["LOAD_PLUGINS"])
+    config["PG_RAW_READ"] = _flag(config["PG_RAW_READ"])
     config["BLOCK_PLUGINS"] = _names(config["BLOCK_PLUGINS"])
     if config.get("API_KEY") is not None:
         config["API_KEY"] = str(config["API_KEY"]).strip() or None

@@ -43,7 +43,7 @@ def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) 
         options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
         if make_url(url).database not in (None, "", ":memory:"):  # in memory: one connection
             # The same pool as on PostgreSQL: with SQLAlchemy's default of 5, a sixth busy
-            # thread opened and closed a connection (and its WAL setup) on every request.
+            # thread would open and close a connection (and its WAL setup) on every request.
             options.update(pool)
         return options
     # No pool_pre_ping: it costs a round trip on every checkout, as much as the token read
@@ -56,46 +56,58 @@ def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) 
 
 class RowReader:
     """Runs a SELECT that names one row and returns that row, on a connection from the engine's
-    own pool but below SQLAlchemy's Connection: the token lookup, the hot path (issue 8).
+    own pool but below SQLAlchemy's Connection: the token lookup, the hot path.
 
     Around a read of a few dozen microseconds, a Connection, its transaction bookkeeping, the
-    execution context and the Result cost three to four times as much again. Here the statement
-    is still written in SQLAlchemy and compiled by it, once per statement; the columns' own
-    result processors decode the row as a Result would (UTCDateTime on SQLite, for one); and
-    the pool is the engine's, with its limits and checkout events (the idle ping), so there is
-    no second pool. What SQLAlchemy's cursor events would have shown is not emitted: the tests
-    read the wire itself (tests/wire.py).
+    execution context and the Result cost more CPU than the read itself. Here the statement is
+    still written in SQLAlchemy and compiled by it, once per statement; the columns' own result
+    processors decode the row as a Result would (UTCDateTime on SQLite, for one); and the pool
+    is the engine's, with its limits and checkout events (the idle ping), so there is no second
+    pool. What SQLAlchemy's cursor events would have shown is not emitted: the tests read the
+    wire itself (tests/wire.py).
 
-    On PostgreSQL the read is one libpq call (_LibpqRead): one round trip, with no BEGIN before
-    it and no ROLLBACK after it.
+    On PostgreSQL the read is one round trip, with no BEGIN before it and no ROLLBACK after it:
+    one libpq call below psycopg (_LibpqRead), or with ``raw`` off (PG_RAW_READ) psycopg's own
+    cursor and prepared statements (_PsycopgRead). The libpq read leans on psycopg internals
+    that a psycopg release may change: setup.cfg bounds psycopg's version to the releases
+    tests/test_raw_read.py was run on, and that test checks each of them.
     """
 
-    def __init__(self, engine: Engine, prepare: bool = True) -> None:
+    def __init__(self, engine: Engine, prepare: bool = True, raw: bool = True) -> None:
         self.engine = engine
         self._prepare = prepare
-        self._compiled: dict[Select, _CursorRead | _LibpqRead] = {}
+        self._raw = raw
+        self._compiled: dict[Select, _CursorRead | _PsycopgRead | _LibpqRead] = {}
 
     def first(self, statement: Select, **params) -> tuple | None:
         read = self._compiled.get(statement)
         if read is None:
-            read = self._compiled[statement] = (
-                _LibpqRead(statement, self.engine.dialect, self._prepare)
-                if self.engine.dialect.driver == "psycopg"
-                else _CursorRead(statement, self.engine.dialect))
+            dialect = self.engine.dialect
+            if dialect.driver != "psycopg":
+                read = _CursorRead(statement, dialect)
+            elif self._raw:
+                read = _LibpqRead(statement, dialect, self._prepare)
+            else:
+                read = _PsycopgRead(statement, dialect)
+            self._compiled[statement] = read
         try:
             return self._first(read, params)
         except _Disconnected:
             # The server closed a connection that looked alive (a restart, a proxy's idle
-            # timeout): it has left the pool. A read is safe to repeat, once, on a new one.
+            # timeout), or its session lost its prepared statements: it has left the pool. A
+            # read is safe to repeat, once, on another connection.
             return self._first(read, params)
 
-    def _first(self, read: _CursorRead | _LibpqRead, params: dict) -> tuple | None:
+    def _first(self, read: _CursorRead | _PsycopgRead | _LibpqRead, params: dict) -> tuple | None:
         dialect = self.engine.dialect
         pooled = self.engine.raw_connection()
         try:
             row = read.fetch_one(pooled.driver_connection, params)
         except dialect.loaded_dbapi.Error as exc:
-            if dialect.is_disconnect(exc, pooled.dbapi_connection, None):
+            # psycopg's cache of prepared statements cannot tell that the session lost them
+            # (DISCARD ALL from a pooler): only a new connection starts with an empty cache.
+            if (dialect.is_disconnect(exc, pooled.dbapi_connection, None)
+                    or isinstance(exc, psycopg.errors.InvalidSqlStatementName)):
                 pooled.invalidate(exc)  # as a Connection would: it leaves the pool
                 raise _Disconnected() from exc
             raise
@@ -105,7 +117,8 @@ class RowReader:
 
 
 class _Disconnected(DisconnectionError):
-    """RowReader's connection turned out to be closed by the server."""
+    """RowReader's connection turned out to be closed by the server, or its session state
+    lost."""
 
 
 class _CompiledRead:
@@ -144,19 +157,40 @@ class _CursorRead(_CompiledRead):
             cursor.close()
 
 
+class _PsycopgRead(_CompiledRead):
+    """Through psycopg's cursor, which prepares the statement on the server after
+    DB_PREPARE_THRESHOLD runs on a connection (never, when that is off). In autocommit for this
+    one statement, so that psycopg sends no BEGIN before it; the pool finds the connection
+    idle, with nothing to roll back."""
+
+    def fetch_one(self, connection, params: dict) -> tuple | None:
+        connection.autocommit = True
+        try:
+            return connection.execute(self.sql, self.parameters(params)).fetchone()
+        finally:
+            if not connection.broken:  # a broken one refuses the change and leaves the pool
+                connection.autocommit = False
+
+
 class _LibpqRead(_CompiledRead):
     """Through psycopg's libpq connection (psycopg.pq): ``PQexecPrepared``, one call that waits
     for the answer with the interpreter lock released, and psycopg's own loaders for the row.
 
     psycopg's cursor, around the same round trip, converts the query, runs a generator per
-    step, and needs autocommit switched on and off again, or it sends BEGIN first: for the
-    token read that cost the serving process 75 µs of CPU against 37 µs here. Nothing about the
-    connection changes: with no BEGIN sent, the server runs the statement in a transaction of
-    its own, as in autocommit, and psycopg finds the connection idle, as it left it.
+    step, and needs autocommit switched on and off again (_PsycopgRead): it costs the serving
+    process more CPU than this read (docs/scale-out.md has the measurements). Nothing about
+    the connection changes: with no BEGIN sent, the server runs the statement in a transaction
+    of its own, as in autocommit, and psycopg finds the connection idle, as it left it.
 
     The statement is prepared once per connection, under a name of its own (psycopg's are
     ``_pg3_*``). With ``prepare`` off (DB_PREPARE_THRESHOLD unset, for PgBouncer in transaction
     mode before 1.21) it is sent whole every time instead, as an unnamed statement.
+
+    What it takes from psycopg beyond its documented API, each checked by
+    tests/test_raw_read.py: ``Connection.pgconn``; ``pq.PGconn.prepare``, ``exec_prepared`` and
+    ``exec_params`` with text parameters and text results; ``pq.PGresult.status``,
+    ``ntuples``, ``error_field`` and ``error_message``; and ``psycopg.adapt.Transformer`` built
+    from the connection, with ``dump_sequence``, ``set_pgresult`` and ``load_row``.
     """
 
     _names = itertools.count()
@@ -212,7 +246,8 @@ def _check(pgconn, result, expected) -> None:
     broken."""
     if result.status == expected:
         return
-    message = (result.error_message or pgconn.error_message).decode(errors="replace").strip()
+    message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or result.error_message
+               or pgconn.error_message).decode(errors="replace").strip()
     code = _sqlstate(result)
     try:
         error = psycopg.errors.lookup(code) if code else psycopg.OperationalError
@@ -297,7 +332,7 @@ def _process_lock(key: object) -> threading.Lock:
 
 #: SQLite: how many lock files beside the database share out the credentials (by id, modulo
 #: this). Two credentials on one file wait for each other's refresh: rare, and it costs only
-#: time, as every refresh did before each credential had a lock of its own.
+#: time, never a second refresh.
 CREDENTIAL_LOCK_FILES = 256
 
 
@@ -312,7 +347,7 @@ def credential_transaction(credential_id: int) -> Iterator[Connection]:
 
     SQLite has no row locks, and its one write lock must not be held across a provider call
     (up to PROVIDER_TIMEOUT seconds): refreshes of different credentials would queue behind
-    each other (issue 8: 20 expired credentials at 200 ms each took 5 s). So the credential is
+    each other, each waiting for every slow provider call ahead of it. So the credential is
     locked outside the database: a lock per credential for this process's threads, and
     ``flock`` on a file beside the database for other processes, which the kernel releases if a
     process dies. The transaction takes the write lock at its first write (configure_engine),

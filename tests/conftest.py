@@ -91,6 +91,8 @@ def base_config(database_url: str, **overrides) -> dict:
         "LOG_LEVEL": "DEBUG",
         # Written explicitly at teardown instead, so no timer writes into another test's tables.
         "AUDIT_FLUSH_SECONDS": 3600,
+        # AUTH_GATEWAY_PG_RAW_READ=off runs the suite with psycopg's own token read.
+        "PG_RAW_READ": os.environ.get("AUTH_GATEWAY_PG_RAW_READ", True),
     }
     config.update(overrides)
     return config
