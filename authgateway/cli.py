@@ -308,4 +308,7 @@ def serve(host: str | None, port: int | None) -> None:
         max_request_header_size=32 * 1024,
         # select() fails on file numbers past 1023, which a few hundred connections reach.
         asyncore_use_poll=True,
+        # waitress drops X-Forwarded-* unless told otherwise; behind TRUSTED_PROXIES proxies
+        # the app's ProxyFix reads the client's address from them.
+        clear_untrusted_proxy_headers=not app.config["TRUSTED_PROXIES"],
     )
