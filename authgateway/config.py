@@ -134,6 +134,7 @@ def validate(config: dict, instance_path: str) -> KeyRing:
     _number(config, "THREADS", int, 1, 256)
     _number(config, "CONNECTION_LIMIT", int, 10, 100_000)
     _number(config, "IDLE_TIMEOUT", int, 1, 3600)
+    _number(config, "MAX_CONTENT_LENGTH", int, 1024, 1 << 30)
     _number(config, "DB_POOL_SIZE", int, 1, 1000)
     _number(config, "TRUSTED_PROXIES", int, 0, 10)
     _number(config, "AUDIT_FLUSH_SECONDS", float, 0.01, 3600)

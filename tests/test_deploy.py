@@ -323,7 +323,9 @@ def test_compose_starts_the_gateway_on_healthy_postgres_with_everything_it_needs
     assert database.scheme == "postgresql" and database.hostname == "postgres"
     assert database.username == postgres["POSTGRES_USER"]
     assert database.path == "/" + postgres["POSTGRES_DB"]
-    assert any(str(port).endswith(":8000") for port in gateway["ports"])
+    # Only the proxy reaches it, and the client address comes from the proxy's X-Forwarded-For.
+    assert "ports" not in gateway and gateway["expose"] == ["8000"]
+    assert env["AUTH_GATEWAY_TRUSTED_PROXIES"] == "1"
 
     active, commented = env_file()
     # Everything the app requires is passed: by the compose file, else by .env (from the example).
@@ -331,6 +333,25 @@ def test_compose_starts_the_gateway_on_healthy_postgres_with_everything_it_needs
         assert name in env or name in active, f"{name} reaches the gateway from nowhere"
     for name in re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()):
         assert name in active, f"docker-compose.yml reads {name}, which .env.example lacks"
+
+
+def test_compose_puts_the_shipped_nginx_in_front_of_the_gateway():
+    services = compose()["services"]
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+", proxy["image"])
+    assert "auth-gateway" in proxy["depends_on"]
+    env = proxy["environment"]
+    host, _, port = env["AUTHGATEWAY_UPSTREAM"].partition(":")
+    assert services[host] == gateway_service() and gateway_service()["expose"] == [port]
+    assert proxy["ports"] == [f"127.0.0.1:8000:{env['AUTHGATEWAY_LISTEN']}"]
+    mounts = dict(volume.split(":")[:2] for volume in proxy["volumes"])
+    assert mounts == {"./deploy/nginx/nginx.conf": "/etc/nginx/nginx.conf",
+                      "./deploy/nginx/templates": "/etc/nginx/templates"}
+    for source in mounts:
+        assert (ROOT / source).exists(), source
+    # Every ${NAME} in the templates is one the compose file gives the proxy.
+    for template in (ROOT / "deploy/nginx/templates").glob("*.template"):
+        assert set(re.findall(r"\$\{(\w+)\}", template.read_text())) <= set(env), template
 
 
 # ---- .env.example ----------------------------------------------------------------------------
