@@ -258,11 +258,30 @@ def providers_list() -> None:
 @with_appcontext
 def serve(host: str | None, port: int | None) -> None:
     """Serve the gateway with waitress."""
+    import resource
+
     from waitress import serve as waitress_serve
 
     app = current_app._get_current_object()
     host = host or app.config["HOST"]
     port = port or app.config["PORT"]
+    # A connection costs one open file; the rest of the process (database pool, logs, waitress's
+    # own pipes) needs a few hundred more. Raise the soft limit towards that, as far as the hard
+    # limit allows, else hold fewer connections than asked rather than fail accept() at EMFILE.
+    spare_files = 256 + 2 * app.config["DB_POOL_SIZE"]
+    connection_limit = app.config["CONNECTION_LIMIT"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connection_limit + spare_files
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        connection_limit = max(10, soft - spare_files)
+        logging.getLogger("authgateway").warning(
+            "AUTH_GATEWAY_CONNECTION_LIMIT=%d needs %d open files; the hard limit (ulimit -Hn) "
+            "is %d, so at most %d connections are held", app.config["CONNECTION_LIMIT"],
+            wanted, hard, connection_limit)
+    idle_timeout = app.config["IDLE_TIMEOUT"]
     click.echo(f"authgateway serving on http://{host}:{port}", err=True)
     sys.stderr.flush()
     # `docker stop` and systemd send SIGTERM: exit the normal way, so that atexit work (the
@@ -277,5 +296,19 @@ def serve(host: str | None, port: int | None) -> None:
     # a pause of 50-100 ms for every request in flight, once a minute or so under load.
     gc.collect()
     gc.freeze()
-    waitress_serve(app, host=host, port=port, threads=app.config["THREADS"],
-                   ident="authgateway")
+    waitress_serve(
+        app, host=host, port=port, threads=app.config["THREADS"], ident="authgateway",
+        connection_limit=connection_limit,
+        # A connection that sends nothing for this long is closed, checked this often.
+        channel_timeout=idle_timeout, cleanup_interval=max(1, idle_timeout // 4),
+        # waitress refuses a body of this size or more from its Content-Length alone, before
+        # reading it; one byte over MAX_CONTENT_LENGTH keeps Flask's own limit the boundary.
+        max_request_body_size=int(app.config["MAX_CONTENT_LENGTH"]) + 1,
+        # Each half-sent header is held in memory: this bounds them to 32 MiB per 1,000.
+        max_request_header_size=32 * 1024,
+        # select() fails on file numbers past 1023, which a few hundred connections reach.
+        asyncore_use_poll=True,
+        # waitress drops X-Forwarded-* unless told otherwise; behind TRUSTED_PROXIES proxies
+        # the app's ProxyFix reads the client's address from them.
+        clear_untrusted_proxy_headers=not app.config["TRUSTED_PROXIES"],
+    )

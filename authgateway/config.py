@@ -36,6 +36,8 @@ DEFAULTS: dict[str, object] = {
     "HOST": "127.0.0.1",
     "PORT": 8000,
     "THREADS": 8,
+    "CONNECTION_LIMIT": 1000,  # open connections waitress holds; past it new ones wait unaccepted
+    "IDLE_TIMEOUT": 30,  # seconds a connection may send nothing before waitress closes it
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",  # or json: one object per line
     "RATELIMIT_INIT": "120/minute",  # per API key; 0 turns it off
@@ -131,6 +133,9 @@ def validate(config: dict, instance_path: str) -> KeyRing:
     _number(config, "APIKEY_CACHE_SECONDS", float, 0, 300)
     _number(config, "PORT", int, 1, 65535)
     _number(config, "THREADS", int, 1, 256)
+    _number(config, "CONNECTION_LIMIT", int, 10, 100_000)
+    _number(config, "IDLE_TIMEOUT", int, 1, 3600)
+    _number(config, "MAX_CONTENT_LENGTH", int, 1024, 1 << 30)
     _number(config, "DB_POOL_SIZE", int, 1, 1000)
     _number(config, "TRUSTED_PROXIES", int, 0, 10)
     _number(config, "AUDIT_FLUSH_SECONDS", float, 0.01, 3600)

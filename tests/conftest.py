@@ -4,9 +4,13 @@ with a fake Google served over real HTTP on loopback."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import authgateway_google
@@ -198,3 +202,46 @@ def live(make_app) -> Iterator[LiveGateway]:
         gateway = LiveGateway(url, holder["app"])
         yield gateway
         gateway.http.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served_process(command: list[str], env: dict[str, str], log: Path,
+                   cwd: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run a command that serves the gateway on env's HOST and PORT, its output in ``log``;
+    yields the base URL and the process once /health answers 200. SIGTERM stops it."""
+    url = f"http://{env['HOST']}:{env['PORT']}"
+    with log.open("w+") as output:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=output,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert process.poll() is None, "the gateway exited:\n" + read_log(output)
+                assert time.monotonic() < deadline, "no healthy /health in 90 s:\n" + read_log(
+                    output)
+                try:
+                    if requests.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.3)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+
+
+def read_log(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-5000:]

@@ -53,6 +53,9 @@ def test_the_default_database_is_sqlite_in_the_instance_folder():
     ({"PORT": "70000"}, "PORT must be a number between 1 and 65535"),
     ({"PROVIDER_TIMEOUT": "0"}, "AUTH_GATEWAY_PROVIDER_TIMEOUT must be a number"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of"),
+    ({"CONNECTION_LIMIT": "5"}, "AUTH_GATEWAY_CONNECTION_LIMIT must be a number between 10 and"),
+    ({"IDLE_TIMEOUT": "0"}, "AUTH_GATEWAY_IDLE_TIMEOUT must be a number between 1 and 3600"),
+    ({"MAX_CONTENT_LENGTH": "64k"}, "AUTH_GATEWAY_MAX_CONTENT_LENGTH must be a number"),
 ])
 def test_bad_settings_stop_startup_with_one_clear_sentence(tmp_path, overrides, names):
     config = base_config(f"sqlite:///{tmp_path}/x.sqlite", **overrides)

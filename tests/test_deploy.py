@@ -10,10 +10,8 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,7 +27,7 @@ from authgateway.cli import keys
 from authgateway.config import DEFAULTS, SEED_NAMES, env_name
 from authgateway.extensions import db
 from authgateway.plugins import REQUIRED_PROVIDER_SETTINGS
-from tests.conftest import API_KEY, empty_postgres_database, in_ci
+from tests.conftest import API_KEY, empty_postgres_database, free_port, in_ci, served_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "scripts" / "docker-entrypoint.sh"
@@ -117,12 +115,6 @@ def ignored(path: str, patterns: list[str]) -> bool:
     return verdict
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- the entrypoint, for real ----------------------------------------------------------------
 
 @pytest.fixture
@@ -155,22 +147,10 @@ def test_the_entrypoint_migrates_then_serves_and_the_healthcheck_sees_it(fresh_p
     with psycopg.connect(fresh_postgres) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
                             ).fetchone()[0] == 0
-    log = (tmp_path / "gateway.log").open("w+")
-    process = subprocess.Popen([str(ENTRYPOINT), *json.loads(args_of(stages()[-1], "CMD")[0])],
-                               env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, "the gateway exited:\n" + _read(log)
-            assert time.monotonic() < deadline, "no healthy /health in 90 s:\n" + _read(log)
-            try:
-                health = requests.get(url + "/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
+    log = tmp_path / "gateway.log"
+    command = [str(ENTRYPOINT), *json.loads(args_of(stages()[-1], "CMD")[0])]
+    with served_process(command, env, log, cwd=tmp_path) as (url, _process):
+        health = requests.get(url + "/health", timeout=5)
         assert health.json()["database"] == "connected"
         with psycopg.connect(fresh_postgres) as conn:
             tables = {row[0] for row in conn.execute(
@@ -186,25 +166,12 @@ def test_the_entrypoint_migrates_then_serves_and_the_healthcheck_sees_it(fresh_p
         assert 'authgateway_http_requests_total{endpoint="meta.health",method="GET",status="200"}' \
             in metrics.text
         assert requests.get(url + "/metrics", timeout=5).status_code == 401
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-    output = _read(log)
+    output = log.read_text()
     assert "applying database migrations" in output
     assert f"serving on http://127.0.0.1:{port}" in output
     down = subprocess.run(healthcheck_command(), env={**env, "PORT": str(port)},
                           capture_output=True, timeout=30)
     assert down.returncode != 0, "the healthcheck passed with nothing listening"
-
-
-def _read(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read()[-5000:]
 
 
 @pytest.fixture
@@ -356,7 +323,9 @@ def test_compose_starts_the_gateway_on_healthy_postgres_with_everything_it_needs
     assert database.scheme == "postgresql" and database.hostname == "postgres"
     assert database.username == postgres["POSTGRES_USER"]
     assert database.path == "/" + postgres["POSTGRES_DB"]
-    assert any(str(port).endswith(":8000") for port in gateway["ports"])
+    # Only the proxy reaches it, and the client address comes from the proxy's X-Forwarded-For.
+    assert "ports" not in gateway and gateway["expose"] == ["8000"]
+    assert env["AUTH_GATEWAY_TRUSTED_PROXIES"] == "1"
 
     active, commented = env_file()
     # Everything the app requires is passed: by the compose file, else by .env (from the example).
@@ -364,6 +333,25 @@ def test_compose_starts_the_gateway_on_healthy_postgres_with_everything_it_needs
         assert name in env or name in active, f"{name} reaches the gateway from nowhere"
     for name in re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()):
         assert name in active, f"docker-compose.yml reads {name}, which .env.example lacks"
+
+
+def test_compose_puts_the_shipped_nginx_in_front_of_the_gateway():
+    services = compose()["services"]
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+", proxy["image"])
+    assert "auth-gateway" in proxy["depends_on"]
+    env = proxy["environment"]
+    host, _, port = env["AUTHGATEWAY_UPSTREAM"].partition(":")
+    assert services[host] == gateway_service() and gateway_service()["expose"] == [port]
+    assert proxy["ports"] == [f"127.0.0.1:8000:{env['AUTHGATEWAY_LISTEN']}"]
+    mounts = dict(volume.split(":")[:2] for volume in proxy["volumes"])
+    assert mounts == {"./deploy/nginx/nginx.conf": "/etc/nginx/nginx.conf",
+                      "./deploy/nginx/templates": "/etc/nginx/templates"}
+    for source in mounts:
+        assert (ROOT / source).exists(), source
+    # Every ${NAME} in the templates is one the compose file gives the proxy.
+    for template in (ROOT / "deploy/nginx/templates").glob("*.template"):
+        assert set(re.findall(r"\$\{(\w+)\}", template.read_text())) <= set(env), template
 
 
 # ---- .env.example ----------------------------------------------------------------------------
