@@ -19,7 +19,13 @@ from .providers import (  # noqa: E402
 
 
 def create_app(test_config: dict | None = None):
-    """The app factory: defaults, then the environment (or ``test_config`` instead), validated."""
+    """The app factory: defaults, then the environment (or ``test_config`` instead), validated.
+    Loaded by ``flask --app authgateway``, it is the commands' app (cli.command_app)."""
+    if test_config is None:
+        from .cli import command_app, run_by_a_command
+
+        if run_by_a_command():
+            return command_app()
     from .app import build_app
 
     return build_app(test_config)

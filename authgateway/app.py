@@ -40,9 +40,16 @@ SECURITY_HEADERS = [
 _SECURITY_HEADER_NAMES = frozenset(name.lower() for name, _value in SECURITY_HEADERS)
 
 
-def build_app(test_config: dict | None = None) -> Flask:
-    instance_path = os.environ.get("AUTH_GATEWAY_INSTANCE_PATH") if test_config is None else None
-    app = Flask("authgateway", instance_path=instance_path, instance_relative_config=True)
+def instance_path() -> str:
+    """Where the SQLite database and `make run`'s development settings live:
+    AUTH_GATEWAY_INSTANCE_PATH, else Flask's instance folder (instance/ in a checkout)."""
+    configured = os.environ.get("AUTH_GATEWAY_INSTANCE_PATH")
+    return os.path.abspath(configured) if configured else Flask("authgateway").instance_path
+
+
+def build_app(test_config: dict | None = None, *, key_required: bool = True) -> Flask:
+    app = Flask("authgateway", instance_path=instance_path() if test_config is None else None,
+                instance_relative_config=True)
     app.config.update(settings_module.DEFAULTS)
     if test_config is None:
         environ = settings_module.environ()
@@ -50,7 +57,7 @@ def build_app(test_config: dict | None = None) -> Flask:
     else:
         environ = {}
         app.config.update(test_config)
-    keyring = settings_module.validate(app.config, app.instance_path)
+    keyring = settings_module.validate(app.config, app.instance_path, key_required=key_required)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(

@@ -1,4 +1,8 @@
-"""Operator commands: ``flask --app authgateway <group> <command>``, or ``authgateway ...``."""
+"""Operator commands: ``flask --app authgateway <group> <command>``, or ``authgateway ...``.
+
+Both read the development settings that `make run` writes (instance/dev.env) when the
+environment sets no encryption key, work without a key for what needs none (``--help``,
+``providers list``), and stop on a wrong setting with its one sentence, never a traceback."""
 
 from __future__ import annotations
 
@@ -7,23 +11,110 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
 
 from . import apikeys as apikeys_module
-from . import audit
-from .crypto import generate_key
+from . import audit as audit_module
+from .config import DEV_SETTINGS
+from .crypto import KeyRing, generate_key
+from .errors import ConfigError
 
 
-def _create_app():
-    from . import create_app
+def run_by_a_command() -> bool:
+    """Whether Flask's command line (``flask --app authgateway``, ``authgateway``) is loading
+    the app."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.find_object(ScriptInfo) is not None
 
-    return create_app()
+
+def command_app() -> Flask:
+    """The app as the commands see it: development settings found, no key needed until
+    something encrypts or decrypts, and a wrong setting reported as its sentence alone."""
+    from .app import build_app
+
+    try:
+        load_dev_settings()
+        return build_app(key_required=False)
+    except ConfigError as exc:
+        # Not a ClickException: Flask's command line prints the traceback of any other error
+        # while it lists the commands for --help. A SystemExit passes through it.
+        _stop(exc)
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False,
+def _stop(exc: ConfigError) -> NoReturn:
+    click.echo(f"Error: {exc}", err=True)
+    raise SystemExit(1)
+
+
+def load_dev_settings() -> None:
+    """When the environment sets no encryption key and `make run` wrote development settings,
+    use them and say so. A setting the environment has keeps its value."""
+    if os.environ.get("AUTH_GATEWAY_ENCRYPTION_KEY", "").strip():
+        return
+    from .app import instance_path
+
+    path = Path(instance_path()) / DEV_SETTINGS
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    for name, value in dotenv_values(path).items():
+        if value is not None and not os.environ.get(name, "").strip():
+            os.environ[name] = value
+    click.echo(f"Using the development settings in {_shown(path)}.", err=True)
+
+
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
+
+
+class _Reporting:
+    """A command or group that a wrong or missing setting, or a database it cannot use, ends
+    with one sentence instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (OperationalError, ProgrammingError) as exc:
+            # The driver's own first line (no such table, connection refused) names no secret.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise click.ClickException(
+                f"The database cannot be used ({reason}): is it reachable, and has "
+                "`init-db` created its tables?") from None
+
+
+class Command(_Reporting, click.Command):
+    pass
+
+
+class Group(_Reporting, click.Group):
+    command_class = Command
+
+
+Group.group_class = Group
+
+
+def _keyring() -> KeyRing:
+    """The app's key ring, for a command that encrypts or decrypts: without a key, the command
+    stops here with the sentence that says where the key is."""
+    from .context import gateway
+
+    keyring = gateway().keyring
+    keyring.check()
+    return keyring
+
+
+@click.group(cls=FlaskGroup, create_app=command_app, add_version_option=False,
              load_dotenv=False, set_debug_flag=False)
 def main() -> None:
     """authgateway: the OAuth token gateway for MCP servers."""
@@ -31,7 +122,7 @@ def main() -> None:
 
 # `keys` must work before any key exists, so it is registered through the `flask.commands`
 # entry point (and here), which Flask loads without creating the app.
-@click.group("keys")
+@click.group("keys", cls=Group)
 def keys() -> None:
     """Encryption keys."""
 
@@ -48,6 +139,7 @@ def keys_generate(rotate: bool) -> None:
         click.echo("# Keep these secret. Set them in the gateway's environment (.env).",
                    err=True)
         return
+    load_dev_settings()
     current = os.environ.get("AUTH_GATEWAY_ENCRYPTION_KEY", "").strip()
     if not current:
         raise click.ClickException(
@@ -73,9 +165,8 @@ def keys_generate(rotate: bool) -> None:
 def keys_status() -> None:
     """Rows per key id, which configured key each is, and when an old key can be removed."""
     from . import rotation
-    from .context import gateway
 
-    for line in rotation.describe_status(rotation.key_status(gateway().keyring)):
+    for line in rotation.describe_status(rotation.key_status(_keyring())):
         click.echo(line)
 
 
@@ -96,10 +187,10 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens)
     app.cli.add_command(sessions)
     app.cli.add_command(serve)
-    app.cli.add_command(audit.commands)
+    app.cli.add_command(audit)
 
 
-@click.group()
+@click.group(cls=Group)
 def tokens() -> None:
     """Stored credentials: keep them warm, move them to a new key."""
 
@@ -114,6 +205,7 @@ def tokens_refresh(within: int) -> None:
     run from cron on several hosts at once. Exits 1 when a refresh failed."""
     from .tokens import refresh_expiring
 
+    _keyring()
     counts = refresh_expiring(within, progress=lambda due: click.progressbar(
         due, label="Refreshing", file=sys.stderr))
     click.echo(f"refreshed {counts['refreshed']}, needs_reauth {counts['needs_reauth']}, "
@@ -131,9 +223,8 @@ def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
     """Move every credential and pending session to the primary key, in short locked
     transactions: safe while serving, safe to kill and run again."""
     from . import rotation
-    from .context import gateway
 
-    keyring = gateway().keyring
+    keyring = _keyring()
     counts = rotation.count_to_move(keyring)
     if dry_run:
         click.echo("\n".join(rotation.describe_dry_run(keyring, counts)))
@@ -149,7 +240,7 @@ def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
         raise click.ClickException(f"{summary.failed_count} rows could not be decrypted.")
 
 
-@click.group()
+@click.group(cls=Group)
 def sessions() -> None:
     """Authorization flows (auth_sessions)."""
 
@@ -163,7 +254,7 @@ def sessions_purge() -> None:
     click.echo(f"Purged {rotation.purge_sessions()} flows that expired more than a day ago.")
 
 
-@click.command("init-db")
+@click.command("init-db", cls=Command)
 @click.option("--seed", is_flag=True, help="Also register AUTH_GATEWAY_API_KEY as a stored key.")
 @with_appcontext
 def init_db(seed: bool) -> None:
@@ -183,7 +274,7 @@ def init_db(seed: bool) -> None:
             click.echo("AUTH_GATEWAY_API_KEY is already registered.")
 
 
-@click.group()
+@click.group(cls=Group)
 def apikeys() -> None:
     """API keys for MCP servers."""
 
@@ -231,7 +322,7 @@ def apikeys_revoke(name: str) -> None:
     click.echo(f"API key '{name}' revoked.")
 
 
-@click.group()
+@click.group(cls=Group)
 def providers() -> None:
     """OAuth providers."""
 
@@ -252,7 +343,7 @@ def providers_list() -> None:
         click.echo(f"{name:12} {info.display_name:20} plugin={facade.owner(name):28} {state}")
 
 
-@click.command("serve")
+@click.command("serve", cls=Command)
 @click.option("--host", default=None, help="Default: HOST (127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Default: PORT (8000).")
 @with_appcontext
@@ -260,6 +351,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve the gateway with waitress."""
     from waitress import serve as waitress_serve
 
+    _keyring()
     app = current_app._get_current_object()
     host = host or app.config["HOST"]
     port = port or app.config["PORT"]
@@ -279,3 +371,32 @@ def serve(host: str | None, port: int | None) -> None:
     gc.freeze()
     waitress_serve(app, host=host, port=port, threads=app.config["THREADS"],
                    ident="authgateway")
+
+
+@click.group("audit", cls=Group)
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("tail")
+@click.option("--user", "user_email", metavar="EMAIL", help="Only events for this user.")
+@click.option("--since", metavar="WHEN",
+              help="Only events since an ISO 8601 time or an age: 30s, 10m, 2h, 7d.")
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the newest events to show.")
+@with_appcontext
+def audit_tail(user_email: str | None, since: str | None, limit: int) -> None:
+    """The newest audit events, oldest first: time, action, outcome, API key, user, provider."""
+    try:
+        moment = audit_module.parse_since(since) if since else None
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 time or an age such as 10m or 2h.",
+                                 param_hint="--since") from None
+    rows = audit_module.events(user_email=user_email, since=moment, limit=limit)
+    if not rows:
+        click.echo("No audit events match.")
+    for row in rows:
+        click.echo("  ".join([row.created_at.isoformat(timespec="seconds"), f"{row.action:16}",
+                              f"{row.outcome:12}", f"actor={row.actor or '-'}",
+                              f"user={row.user_email or '-'}", f"provider={row.provider or '-'}",
+                              row.detail or ""]).rstrip())
