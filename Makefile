@@ -5,25 +5,44 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export TEST_DATABASE_URL
 
-.PHONY: run test try bench install lint clean
+# The distributions of this repository, installed editable: the gateway and its first-party
+# plugins. `make run` and `make try` need these alone; `make test` adds the test extra.
+PACKAGES := . $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+PACKAGE_FILES := setup.cfg pyproject.toml $(wildcard plugins/*/pyproject.toml)
+# setuptools announces every editable install of a package beside its sources ("Editable
+# installation ... be careful with folders ... with the same name"): information, not a fault.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation:UserWarning" \
+	$(BIN)/python -m pip install --quiet
+
+.PHONY: run test try bench install install-run test-database lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml $(wildcard plugins/*/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
+$(VENV)/.installed-run: $(BIN)/python $(PACKAGE_FILES)
+	$(PIP_INSTALL) $(foreach p,$(PACKAGES),-e $(p))
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@
 
-run: install
+install-run: $(VENV)/.installed-run
+
+# Everything: the runtime, the plugins and the test tools.
+install: $(VENV)/.installed-test
+
+run: install-run
 	@scripts/run_dev.sh
 
-try: install
+try: install-run
 	@scripts/try.sh
 
-test: install
+test-database: install-run
+	@$(BIN)/python scripts/test_database.py
+
+test: install test-database
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
