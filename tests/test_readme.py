@@ -94,7 +94,9 @@ class MakeRun:
     def output(self) -> str:
         return self.log.read_text()
 
-    def stop(self) -> None:
+    def stop(self, port: int) -> None:
+        """Ctrl-C's end: the whole group, and back only once the port is free again (make
+        exits before the gateway has finished writing its last audit counts)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -102,6 +104,15 @@ class MakeRun:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return
+                except OSError:
+                    time.sleep(0.2)
 
 
 def api_key(output: str) -> str:
@@ -123,14 +134,14 @@ def served(tmp_path_factory):
     try:
         first.wait_healthy(f"http://127.0.0.1:{port}/health")
     finally:
-        first.stop()
+        first.stop(port)
     # The second run installs nothing again and still shows the key.
     second = MakeRun(clone, env, work / "make-run-2.log")
     try:
         second.wait_healthy(f"http://127.0.0.1:{port}/health")
         yield clone, port, env, first.output(), second.output()
     finally:
-        second.stop()
+        second.stop(port)
 
 
 def test_make_run_shows_the_api_key_every_time_and_installs_once(served):
