@@ -167,7 +167,7 @@ def validate(config: dict, instance_path: str, *,
 
 
 class MissingKeyError(ConfigError):
-    pass
+    """AUTH_GATEWAY_ENCRYPTION_KEY is not set."""
 
 
 class MissingKey:
