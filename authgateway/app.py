@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from flask import Flask, jsonify, request
@@ -10,7 +9,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from . import config as settings_module
 from . import log_setup, ratelimit
+from .api import auth, count_request, meta
 from .apikeys import ApiKeyCache
+from .cli import register_commands
 from .context import Gateway
 from .errors import (
     GatewayError,
@@ -40,9 +41,9 @@ SECURITY_HEADERS = [
 _SECURITY_HEADER_NAMES = frozenset(name.lower() for name, _value in SECURITY_HEADERS)
 
 
-def build_app(test_config: dict | None = None) -> Flask:
-    instance_path = os.environ.get("AUTH_GATEWAY_INSTANCE_PATH") if test_config is None else None
-    app = Flask("authgateway", instance_path=instance_path, instance_relative_config=True)
+def build_app(test_config: dict | None = None, *, key_required: bool = True) -> Flask:
+    folder = settings_module.instance_folder() if test_config is None else None
+    app = Flask("authgateway", instance_path=folder, instance_relative_config=True)
     app.config.update(settings_module.DEFAULTS)
     if test_config is None:
         environ = settings_module.environ()
@@ -50,7 +51,7 @@ def build_app(test_config: dict | None = None) -> Flask:
     else:
         environ = {}
         app.config.update(test_config)
-    keyring = settings_module.validate(app.config, app.instance_path)
+    keyring = settings_module.validate(app.config, app.instance_path, key_required=key_required)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(
@@ -89,9 +90,6 @@ def build_app(test_config: dict | None = None) -> Flask:
         app.logger.warning(
             "AUTH_GATEWAY_API_KEY is not set: only keys made with `flask apikeys create` work."
         )
-
-    from .api import auth, count_request, meta
-    from .cli import register_commands
 
     app.register_blueprint(auth)
     app.register_blueprint(meta)

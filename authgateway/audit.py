@@ -16,9 +16,7 @@ import threading
 import weakref
 from datetime import UTC, datetime, timedelta
 
-import click
 from flask import Flask, current_app, g, has_request_context
-from flask.cli import with_appcontext
 from sqlalchemy import Connection, insert, select
 
 from . import metrics
@@ -159,31 +157,3 @@ def events(*, user_email: str | None = None, since: datetime | None = None,
         query = query.where(AuditEvent.created_at >= since)
     return list(reversed(db.session.scalars(query.limit(limit)).all()))
 
-
-@click.group("audit")
-def commands() -> None:
-    """The audit trail."""
-
-
-@commands.command("tail")
-@click.option("--user", "user_email", metavar="EMAIL", help="Only events for this user.")
-@click.option("--since", metavar="WHEN",
-              help="Only events since an ISO 8601 time or an age: 30s, 10m, 2h, 7d.")
-@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
-              help="How many of the newest events to show.")
-@with_appcontext
-def tail(user_email: str | None, since: str | None, limit: int) -> None:
-    """The newest audit events, oldest first: time, action, outcome, API key, user, provider."""
-    try:
-        moment = parse_since(since) if since else None
-    except ValueError:
-        raise click.BadParameter("use an ISO 8601 time or an age such as 10m or 2h.",
-                                 param_hint="--since") from None
-    rows = events(user_email=user_email, since=moment, limit=limit)
-    if not rows:
-        click.echo("No audit events match.")
-    for row in rows:
-        click.echo("  ".join([row.created_at.isoformat(timespec="seconds"), f"{row.action:16}",
-                              f"{row.outcome:12}", f"actor={row.actor or '-'}",
-                              f"user={row.user_email or '-'}", f"provider={row.provider or '-'}",
-                              row.detail or ""]).rstrip())

@@ -1,4 +1,8 @@
-"""Operator commands: ``flask --app authgateway <group> <command>``, or ``authgateway ...``."""
+"""Operator commands: ``flask --app authgateway <group> <command>``, or ``authgateway ...``.
+
+Both read the development settings that `make run` writes (instance/dev.env) when the
+environment sets no encryption key, work without a key for what needs none (``--help``,
+``providers list``), and stop on a wrong setting with its one sentence, never a traceback."""
 
 from __future__ import annotations
 
@@ -7,31 +11,84 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import with_appcontext
 
 from . import apikeys as apikeys_module
-from . import audit
-from .crypto import generate_key
+from . import audit as audit_module
+from . import rotation
+from .config import DEV_SETTINGS, instance_folder
+from .context import gateway
+from .crypto import KeyRing, generate_key
+from .errors import ConfigError
+from .tokens import refresh_expiring
 
 
-def _create_app():
-    from . import create_app
+def load_dev_settings() -> None:
+    """When the environment sets no encryption key and `make run` wrote development settings,
+    use them and say so. A setting the environment has keeps its value."""
+    if os.environ.get("AUTH_GATEWAY_ENCRYPTION_KEY", "").strip():
+        return
+    path = Path(instance_folder()) / DEV_SETTINGS
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
 
-    return create_app()
+    for name, value in dotenv_values(path).items():
+        if value is not None and not os.environ.get(name, "").strip():
+            os.environ[name] = value
+    click.echo(f"Using the development settings in {_shown(path)}.", err=True)
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False,
-             load_dotenv=False, set_debug_flag=False)
-def main() -> None:
-    """authgateway: the OAuth token gateway for MCP servers."""
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
+
+
+class _Reporting:
+    """A command or group that a wrong or missing setting, or a database it cannot use, ends
+    with one sentence instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (OperationalError, ProgrammingError) as exc:
+            # The driver's own first line (no such table, connection refused) names no secret.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise click.ClickException(
+                f"The database cannot be used ({reason}): is it reachable, and has "
+                "`init-db` created its tables?") from None
+
+
+class Command(_Reporting, click.Command):
+    pass
+
+
+class Group(_Reporting, click.Group):
+    command_class = Command
+
+
+Group.group_class = Group
+
+
+def _keyring() -> KeyRing:
+    """The app's key ring, for a command that encrypts or decrypts: without a key, the command
+    stops here with the sentence that says where the key is."""
+    keyring = gateway().keyring
+    keyring.check()
+    return keyring
 
 
 # `keys` must work before any key exists, so it is registered through the `flask.commands`
 # entry point (and here), which Flask loads without creating the app.
-@click.group("keys")
+@click.group("keys", cls=Group)
 def keys() -> None:
     """Encryption keys."""
 
@@ -48,6 +105,7 @@ def keys_generate(rotate: bool) -> None:
         click.echo("# Keep these secret. Set them in the gateway's environment (.env).",
                    err=True)
         return
+    load_dev_settings()
     current = os.environ.get("AUTH_GATEWAY_ENCRYPTION_KEY", "").strip()
     if not current:
         raise click.ClickException(
@@ -72,10 +130,7 @@ def keys_generate(rotate: bool) -> None:
 @with_appcontext
 def keys_status() -> None:
     """Rows per key id, which configured key each is, and when an old key can be removed."""
-    from . import rotation
-    from .context import gateway
-
-    for line in rotation.describe_status(rotation.key_status(gateway().keyring)):
+    for line in rotation.describe_status(rotation.key_status(_keyring())):
         click.echo(line)
 
 
@@ -85,7 +140,6 @@ def _token() -> str:
     return secrets.token_urlsafe(32)
 
 
-main.add_command(keys)
 
 
 def register_commands(app: Flask) -> None:
@@ -96,10 +150,10 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens)
     app.cli.add_command(sessions)
     app.cli.add_command(serve)
-    app.cli.add_command(audit.commands)
+    app.cli.add_command(audit)
 
 
-@click.group()
+@click.group(cls=Group)
 def tokens() -> None:
     """Stored credentials: keep them warm, move them to a new key."""
 
@@ -112,8 +166,7 @@ def tokens() -> None:
 def tokens_refresh(within: int) -> None:
     """Refresh tokens before they expire, through the same row lock as /auth/token: safe to
     run from cron on several hosts at once. Exits 1 when a refresh failed."""
-    from .tokens import refresh_expiring
-
+    _keyring()
     counts = refresh_expiring(within, progress=lambda due: click.progressbar(
         due, label="Refreshing", file=sys.stderr))
     click.echo(f"refreshed {counts['refreshed']}, needs_reauth {counts['needs_reauth']}, "
@@ -130,10 +183,7 @@ def tokens_refresh(within: int) -> None:
 def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
     """Move every credential and pending session to the primary key, in short locked
     transactions: safe while serving, safe to kill and run again."""
-    from . import rotation
-    from .context import gateway
-
-    keyring = gateway().keyring
+    keyring = _keyring()
     counts = rotation.count_to_move(keyring)
     if dry_run:
         click.echo("\n".join(rotation.describe_dry_run(keyring, counts)))
@@ -149,7 +199,7 @@ def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
         raise click.ClickException(f"{summary.failed_count} rows could not be decrypted.")
 
 
-@click.group()
+@click.group(cls=Group)
 def sessions() -> None:
     """Authorization flows (auth_sessions)."""
 
@@ -158,12 +208,10 @@ def sessions() -> None:
 @with_appcontext
 def sessions_purge() -> None:
     """Delete flows that expired more than a day ago."""
-    from . import rotation
-
     click.echo(f"Purged {rotation.purge_sessions()} flows that expired more than a day ago.")
 
 
-@click.command("init-db")
+@click.command("init-db", cls=Command)
 @click.option("--seed", is_flag=True, help="Also register AUTH_GATEWAY_API_KEY as a stored key.")
 @with_appcontext
 def init_db(seed: bool) -> None:
@@ -183,7 +231,7 @@ def init_db(seed: bool) -> None:
             click.echo("AUTH_GATEWAY_API_KEY is already registered.")
 
 
-@click.group()
+@click.group(cls=Group)
 def apikeys() -> None:
     """API keys for MCP servers."""
 
@@ -231,7 +279,7 @@ def apikeys_revoke(name: str) -> None:
     click.echo(f"API key '{name}' revoked.")
 
 
-@click.group()
+@click.group(cls=Group)
 def providers() -> None:
     """OAuth providers."""
 
@@ -240,8 +288,6 @@ def providers() -> None:
 @with_appcontext
 def providers_list() -> None:
     """Installed providers, the plugin behind each, and what is missing to use it."""
-    from .context import gateway
-
     facade = gateway().providers
     if not facade.names():
         click.echo("No provider is installed: pip install authgateway-google (or another).")
@@ -252,7 +298,7 @@ def providers_list() -> None:
         click.echo(f"{name:12} {info.display_name:20} plugin={facade.owner(name):28} {state}")
 
 
-@click.command("serve")
+@click.command("serve", cls=Command)
 @click.option("--host", default=None, help="Default: HOST (127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Default: PORT (8000).")
 @with_appcontext
@@ -262,6 +308,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     from waitress import serve as waitress_serve
 
+    _keyring()
     app = current_app._get_current_object()
     host = host or app.config["HOST"]
     port = port or app.config["PORT"]
@@ -312,3 +359,32 @@ def serve(host: str | None, port: int | None) -> None:
         # the app's ProxyFix reads the client's address from them.
         clear_untrusted_proxy_headers=not app.config["TRUSTED_PROXIES"],
     )
+
+
+@click.group("audit", cls=Group)
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("tail")
+@click.option("--user", "user_email", metavar="EMAIL", help="Only events for this user.")
+@click.option("--since", metavar="WHEN",
+              help="Only events since an ISO 8601 time or an age: 30s, 10m, 2h, 7d.")
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the newest events to show.")
+@with_appcontext
+def audit_tail(user_email: str | None, since: str | None, limit: int) -> None:
+    """The newest audit events, oldest first: time, action, outcome, API key, user, provider."""
+    try:
+        moment = audit_module.parse_since(since) if since else None
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 time or an age such as 10m or 2h.",
+                                 param_hint="--since") from None
+    rows = audit_module.events(user_email=user_email, since=moment, limit=limit)
+    if not rows:
+        click.echo("No audit events match.")
+    for row in rows:
+        click.echo("  ".join([row.created_at.isoformat(timespec="seconds"), f"{row.action:16}",
+                              f"{row.outcome:12}", f"actor={row.actor or '-'}",
+                              f"user={row.user_email or '-'}", f"provider={row.provider or '-'}",
+                              row.detail or ""]).rstrip())

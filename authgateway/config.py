@@ -8,10 +8,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from flask import Flask
+
 from .crypto import KeyRing, KeyRingError
 from .errors import ConfigError
 
 PREFIX = "AUTH_GATEWAY_"
+
+#: The development settings `make run` writes into the instance folder when no key is set.
+DEV_SETTINGS = "dev.env"
 
 #: Variables the seed gateway read without a prefix; they keep working.
 SEED_NAMES = (
@@ -124,8 +129,10 @@ def _names(value: object) -> list[str]:
     return [part.strip() for part in str(value or "").split(",") if part.strip()]
 
 
-def validate(config: dict, instance_path: str) -> KeyRing:
-    """Check and normalise ``config`` in place; return the key ring it describes."""
+def validate(config: dict, instance_path: str, *,
+             key_required: bool = True) -> KeyRing | MissingKey:
+    """Check and normalise ``config`` in place; return the key ring it describes. Without
+    ``key_required``, a missing key gives a MissingKey that stops whatever uses it."""
     config["SQLALCHEMY_DATABASE_URI"] = database_url(config.get("DATABASE_URL"), instance_path)
     _number(config, "SESSION_EXPIRY_MINUTES", int, 1, 24 * 60)
     _number(config, "TOKEN_REFRESH_BUFFER_SECONDS", int, 0, 24 * 3600)
@@ -160,16 +167,50 @@ def validate(config: dict, instance_path: str) -> KeyRing:
             "AUTH_GATEWAY_METRICS_TOKEN must be at least 16 characters: generate one with "
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
         )
-    return key_ring(config)
+    try:
+        return key_ring(config, instance_path)
+    except MissingKeyError as exc:
+        if key_required:
+            raise
+        return MissingKey(str(exc))
 
 
-def key_ring(config: Mapping[str, object]) -> KeyRing:
+class MissingKeyError(ConfigError):
+    """AUTH_GATEWAY_ENCRYPTION_KEY is not set."""
+
+
+class MissingKey:
+    """The key ring of an app that a command started without a key (`providers list` needs
+    none): anything that would encrypt or decrypt stops with the sentence."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str):
+        raise MissingKeyError(self.message)
+
+
+def missing_key_message(instance_path: str | None) -> str:
+    """Where the key is: generating a new one would make every stored token unreadable, so
+    that is offered only for a new installation."""
+    dev_settings = Path(instance_path) / DEV_SETTINGS if instance_path else None
+    if dev_settings is not None and dev_settings.is_file():
+        return (
+            f"AUTH_GATEWAY_ENCRYPTION_KEY is not set, and {dev_settings} holds the development "
+            "one: run the command as `flask --app authgateway ...` or `authgateway ...`, which "
+            f"read it, or load it first with `set -a; . {dev_settings}; set +a`."
+        )
+    return (
+        "AUTH_GATEWAY_ENCRYPTION_KEY is not set: set it in the environment to the key the "
+        "stored tokens were encrypted with; for a new installation, generate one with "
+        "`flask --app authgateway keys generate`."
+    )
+
+
+def key_ring(config: Mapping[str, object], instance_path: str | None = None) -> KeyRing:
     primary = str(config.get("ENCRYPTION_KEY") or "").strip()
     if not primary:
-        raise ConfigError(
-            "AUTH_GATEWAY_ENCRYPTION_KEY is not set: generate one with "
-            "`flask --app authgateway keys generate` and set it in the environment."
-        )
+        raise MissingKeyError(missing_key_message(instance_path))
     try:
         return KeyRing(primary, _names(config.get("ROTATION_KEYS")))
     except KeyRingError as exc:
@@ -181,3 +222,10 @@ def key_ring(config: Mapping[str, object]) -> KeyRing:
 
 def environ() -> Mapping[str, str]:
     return os.environ
+
+
+def instance_folder() -> str:
+    """Where the SQLite database and `make run`'s development settings live:
+    AUTH_GATEWAY_INSTANCE_PATH, else Flask's instance folder (instance/ in a checkout)."""
+    configured = os.environ.get("AUTH_GATEWAY_INSTANCE_PATH")
+    return os.path.abspath(configured) if configured else Flask("authgateway").instance_path

@@ -7,14 +7,10 @@ carry a token, a secret or an upstream response body.
 
 from __future__ import annotations
 
-import click
 
-
-class ConfigError(click.ClickException):
-    """A setting is missing or wrong: startup stops with this one-sentence message.
-
-    A ClickException, so the `flask` and `authgateway` commands print the sentence alone,
-    without a traceback, and exit with status 1."""
+class ConfigError(Exception):
+    """A setting is missing or wrong: startup stops with this one-sentence message. The
+    commands (authgateway/cli.py) print the sentence alone, without a traceback, and exit 1."""
 
 
 class GatewayError(Exception):

@@ -4,7 +4,7 @@ as `flask --app authgateway keys generate [--rotate]`."""
 
 import sys
 
-from authgateway.cli import main
+from authgateway.commandline import main
 
 if __name__ == "__main__":
     main(["keys", "generate", *sys.argv[1:]], prog_name="generate_keys.py")

@@ -4,7 +4,7 @@
 
 import sys
 
-from authgateway.cli import main
+from authgateway.commandline import main
 
 if __name__ == "__main__":
     main(["init-db", *sys.argv[1:]], prog_name="init_db.py")

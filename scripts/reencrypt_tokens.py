@@ -4,7 +4,7 @@ as `flask --app authgateway tokens reencrypt [--dry-run] [--batch-size N]`."""
 
 import sys
 
-from authgateway.cli import main
+from authgateway.commandline import main
 
 if __name__ == "__main__":
     main(["tokens", "reencrypt", *sys.argv[1:]], prog_name="reencrypt_tokens.py")

@@ -8,23 +8,23 @@ BIN=${VENV:-.venv}/bin
 if [ -z "${AUTH_GATEWAY_ENCRYPTION_KEY:-}" ]; then
   if [ ! -f instance/dev.env ]; then
     mkdir -p instance
-    "$BIN/flask" --app authgateway keys generate > instance/dev.env 2>/dev/null
-    chmod 600 instance/dev.env
-    cat >&2 <<MSG
-************************************************************************
-  DEVELOPMENT KEYS were generated into instance/dev.env (encryption key
-  and API key). Use them only on this machine; set real ones in the
-  environment for anything else. Your API key:
-    $(grep AUTH_GATEWAY_API_KEY instance/dev.env | cut -d= -f2-)
-************************************************************************
-MSG
+    (umask 077 && "$BIN/authgateway" keys generate > instance/dev.env 2>/dev/null)
+    made="were generated into"
   else
-    echo "Using the development keys in instance/dev.env." >&2
+    made="are in"
   fi
   set -a
   # shellcheck disable=SC1091
   . instance/dev.env
   set +a
+  cat >&2 <<MSG
+************************************************************************
+  DEVELOPMENT KEYS $made instance/dev.env (encryption key and
+  API key). Use them only on this machine; set real ones in the
+  environment for anything else. Your API key:
+    $AUTH_GATEWAY_API_KEY
+************************************************************************
+MSG
 fi
 
 "$BIN/authgateway" init-db

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -25,7 +26,8 @@ CHROMIUM = Path(os.environ.get("AUTHGATEWAY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # The peer's pages import a web font from the internet: nothing but loopback resolves.
+    # Nothing but loopback resolves: a page that asked for anything else would fail to load
+    # it here, and test_signing_in_sends_no_request_beyond_loopback would name it.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 DESKTOP = {"width": 1280, "height": 800}
@@ -80,10 +82,12 @@ def page(browser, gw):
     page = context.new_page()
     page.csp_errors = []
     page.foreign_requests = []
+    page.requested = []  # every URL the browser asked for, from any page
     page.on("console", lambda m: "Content Security Policy" in m.text
             and page.csp_errors.append(m.text))
 
     def on_request(request):
+        page.requested.append(request.url)
         if page.url.startswith(gw.url) and not request.url.startswith(gw.url):
             page.foreign_requests.append(request.url)
 
@@ -107,8 +111,8 @@ def screenshots(page, tmp_path: Path, name: str) -> None:
     assert (tmp_path / f"{name}-phone.png").stat().st_size > 0
 
 
-def test_sign_in_and_consent_land_on_the_success_page(page, gw, tmp_path):
-    flow = start(gw)
+def sign_in(page, gw, flow: dict, tmp_path: Path) -> None:
+    """Sign in at the peer and consent, as `make try` tells the person to."""
     page.goto(flow["auth_url"])
     page.fill("input[name=login]", EMAIL)
     page.fill("input[name=password]", "any password")
@@ -119,6 +123,11 @@ def test_sign_in_and_consent_land_on_the_success_page(page, gw, tmp_path):
     with page.expect_navigation(url=f"{gw.url}/auth/callback/{PROVIDER}?**"):
         page.click("button[type=submit]")
 
+
+def test_sign_in_and_consent_land_on_the_success_page(page, gw, tmp_path):
+    flow = start(gw)
+    sign_in(page, gw, flow, tmp_path)
+
     text = page.inner_text("body")
     assert f"{DISPLAY_NAME} is connected" in text
     assert EMAIL in text
@@ -128,6 +137,17 @@ def test_sign_in_and_consent_land_on_the_success_page(page, gw, tmp_path):
     assert page.csp_errors == [] and page.foreign_requests == []
     status = gw.get(f"/auth/status/{flow['session_id']}").json()
     assert status["status"] == "completed"
+
+
+def test_signing_in_sends_no_request_beyond_loopback(page, gw, peer, tmp_path):
+    sign_in(page, gw, start(gw), tmp_path)
+
+    hosts = {urlsplit(url).hostname for url in page.requested}
+    assert hosts <= {"127.0.0.1", "localhost"}, [
+        url for url in page.requested if urlsplit(url).hostname not in ("127.0.0.1", "localhost")]
+    # The peer's sign-in and consent pages and the gateway's page were all among them.
+    assert any(url.startswith(peer.issuer) for url in page.requested)
+    assert any(url.startswith(f"{gw.url}/auth/callback/") for url in page.requested)
 
 
 def test_refusing_lands_on_the_failure_page(page, gw, tmp_path):

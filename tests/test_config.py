@@ -103,7 +103,9 @@ def test_startup_reads_the_environment(tmp_path):
 
 
 def test_a_missing_key_fails_the_process_with_the_sentence(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite"}
+    # An instance folder without development settings: no key anywhere.
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite",
+           "AUTH_GATEWAY_INSTANCE_PATH": str(tmp_path)}
     command = str(Path(sys.executable).parent / "authgateway")
     out = subprocess.run([command, "serve"], env=env,
                          capture_output=True, text=True, timeout=60)

@@ -66,8 +66,7 @@ def authgateway_command(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("authgateway")
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-c", "import sys; from authgateway.cli import main; sys.exit(main())",
-            *args]
+    return [sys.executable, "-m", "authgateway", *args]
 
 
 class GatewayProcess:

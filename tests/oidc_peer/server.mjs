@@ -32,6 +32,8 @@ keyPair.catch(() => {}); // awaited (and reported) in main()
 
 const { default: Provider } = await import('oidc-provider');
 
+const WEB_FONT = /@import url\(https?:\/\/fonts\.googleapis\.com\/[^)]*\);?/g;
+
 function loadConfig() {
   const raw = process.argv[2] ?? process.env.OIDC_PEER_CONFIG;
   if (!raw) {
@@ -192,6 +194,15 @@ async function main() {
   const { privateKey } = await keyPair;
   const provider = new Provider(issuer, providerConfiguration(config, privateKey));
   provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
+  // The library's own pages (sign-in, consent, errors, logout) import a web font from
+  // fonts.googleapis.com. Served without that line, they fall back to the browser's
+  // sans-serif, and signing in sends no request beyond loopback.
+  provider.use(async (ctx, next) => {
+    await next();
+    if (typeof ctx.body === 'string' && ctx.response.is('html')) {
+      ctx.body = ctx.body.replace(WEB_FONT, '');
+    }
+  });
   // Static clients are validated lazily by the library; look each one up now
   // so that bad client metadata fails the start with a clear message.
   for (const { client_id: clientId } of config.clients ?? []) {

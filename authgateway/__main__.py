@@ -1,0 +1,5 @@
+"""``python -m authgateway``: the same as the ``authgateway`` command."""
+
+from .commandline import main
+
+main()
