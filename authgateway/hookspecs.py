@@ -1,8 +1,10 @@
 """The provider contract. A plugin implements some of these with ``@authgateway.hookimpl``.
 
-Every operation hook is ``firstresult``: the first plugin that returns something other than
-``None`` answers, and the core's default plugin (registered ``trylast``) answers for any standard
-OAuth 2.0 / OIDC provider. A plugin returns ``None`` for providers that are not its own.
+Every operation hook is ``firstresult`` and is routed to the plugin that registered the provider
+(``authgateway_register_providers``): that plugin answers if it implements the hook, else the
+core's default plugin (registered ``trylast``) answers for any standard OAuth 2.0 / OIDC
+provider. A plugin is never called for another plugin's provider, so it need not check
+``provider.name``; returning ``None`` hands the call to the default plugin.
 
 A plugin that overrides a hook reuses the standard behaviour for the rest through the public
 helpers in ``authgateway.standard`` (authorize URL, client authentication, token endpoint call,

@@ -32,6 +32,14 @@ from .providers import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS = ("authgateway.oauth2",)
+#: The hooks that act for one provider; each is routed to the plugin that registered it.
+OPERATION_HOOKS = (
+    "authgateway_authorization_url",
+    "authgateway_exchange_code",
+    "authgateway_refresh_token",
+    "authgateway_revoke_token",
+    "authgateway_fetch_identity",
+)
 REQUIRED_PROVIDER_SETTINGS = ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI")
 
 
@@ -73,7 +81,11 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
 
 class Providers:
     """One typed method per hook. Nothing else touches ``pm.hook``: here ``None`` becomes
-    "unknown provider" and a plugin's unexpected exception becomes a ``ProviderError``."""
+    "unknown provider" and a plugin's unexpected exception becomes a ``ProviderError``.
+
+    Each operation for a provider reaches only the plugin that registered it and the core's
+    default plugin (``trylast``): a plugin never answers for another plugin's provider, so it
+    need not check ``provider.name``. The routed callers are built once, here."""
 
     def __init__(self, pm: pluggy.PluginManager, settings, timeout: float) -> None:
         self.pm = pm
@@ -91,6 +103,15 @@ class Providers:
                     )
                 self._infos[info.name] = info
                 self._owners[info.name] = impl.plugin_name
+        self._hooks = {name: self._routed_hooks(name) for name in self._infos}
+
+    def _routed_hooks(self, name: str) -> dict[str, object]:
+        keep = {self.pm.get_plugin(self._owners[name])}
+        keep.update(self.pm.get_plugin(default) for default in DEFAULT_PLUGINS)
+        others = [plugin for plugin in self.pm.get_plugins() if plugin not in keep]
+        return {hook_name: metrics.upstream(name, hook_name,
+                                            self.pm.subset_hook_caller(hook_name, others))
+                for hook_name in OPERATION_HOOKS}
 
     def names(self) -> list[str]:
         return sorted(self._infos)
@@ -183,7 +204,7 @@ class Providers:
     def _call(self, hook_name: str, name: str, **kwargs):
         config = self.config(name)
         info = self.resolved(name)
-        hook = metrics.upstream(name, hook_name, getattr(self.pm.hook, hook_name))
+        hook = self._hooks[name][hook_name]
         try:
             result = hook(provider=info, config=config, **kwargs)
         except ProviderError as exc:

@@ -1,10 +1,13 @@
-"""The provider contract: loading, the facade, and a plugin that overrides one hook."""
+"""The provider contract: loading, the facade, routing each provider to its own plugin, and a
+plugin that overrides one hook."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import authgateway_google
 import pytest
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -144,54 +147,87 @@ def test_hook_fetch_identity(facade, google):
 
 
 
-class CountingRefresh:
-    """A third-party plugin that overrides only authgateway_refresh_token for google."""
+class Acme:
+    """A third-party plugin: it registers its own provider (served by the fake Google) and
+    overrides only authgateway_refresh_token; the default plugin does the rest."""
 
     def __init__(self, outcome):
         self.outcome, self.calls = outcome, 0
 
     @hookimpl
+    def authgateway_register_providers(self, settings):
+        google = authgateway_google.authgateway_register_providers(settings)[0]
+        return [replace(google, name="acme", display_name="Acme")]
+
+    @hookimpl
     def authgateway_refresh_token(self, provider, config, refresh_token):
-        if provider.name != "google":
-            return None
         self.calls += 1
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
 
 
-def test_a_plugin_overrides_one_hook_and_the_default_does_the_rest(make_app, google):
-    plugin = CountingRefresh(TokenSet(access_token="from-the-plugin", expires_in=3600))
-    import authgateway_google
+def acme_app(make_app, google, *plugins):
+    """An app with the Google plugin and ``plugins``, Acme's settings naming the fake Google."""
+    redirect_uri = "http://localhost/auth/callback/acme"
+    settings = {key.replace("GOOGLE_", "ACME_"): value for key, value in google.settings().items()}
+    app = make_app(PLUGINS=[authgateway_google, *plugins], ACME_REDIRECT_URI=redirect_uri,
+                   **settings)
+    google.redirect_uris.append(redirect_uri)
+    return app
 
-    app = make_app(PLUGINS=[authgateway_google, plugin])
-    client = app.test_client()
-    connect(client)  # authgateway_authorization_url, _exchange_code, _fetch_identity: default
-    answer = token(client, force_refresh=True)
+
+def test_a_plugin_overrides_one_hook_and_the_default_does_the_rest(make_app, google):
+    plugin = Acme(TokenSet(access_token="from-the-plugin", expires_in=3600))
+    client = acme_app(make_app, google, plugin).test_client()
+    connect(client, provider="acme")  # authorization URL, code exchange, identity: the default
+    answer = token(client, provider="acme", force_refresh=True)
     assert answer.get_json()["access_token"] == "from-the-plugin"
-    assert plugin.calls == 1 and google.refresh_count == 0
+    assert plugin.calls == 1 and google.refresh_count == 0 and google.exchange_count == 1
+
+
+class AnswersForEveryone:
+    """A plugin that answers every refresh without looking at the provider's name."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def authgateway_register_providers(self, settings):
+        return []
+
+    @hookimpl(tryfirst=True)
+    def authgateway_refresh_token(self, provider, config, refresh_token):
+        self.calls += 1
+        return TokenSet(access_token="not-yours", expires_in=3600)
+
+
+def test_a_plugin_cannot_answer_for_another_plugins_provider(make_app, google):
+    intruder = AnswersForEveryone()
+    acme = Acme(TokenSet(access_token="from-acme", expires_in=3600))
+    client = acme_app(make_app, google, intruder, acme).test_client()
+    connect(client)
+    connect(client, provider="acme")
+    served = token(client, force_refresh=True).get_json()["access_token"]
+    assert served != "not-yours" and google.token_is_live(served) and google.refresh_count == 1
+    assert token(client, provider="acme", force_refresh=True).get_json()["access_token"] \
+        == "from-acme"
+    assert intruder.calls == 0 and acme.calls == 1
 
 
 def test_a_crashing_plugin_is_transient_not_a_dead_grant(make_app, google):
-    import authgateway_google
-
-    plugin = CountingRefresh(RuntimeError("bug in a plugin"))
-    app = make_app(PLUGINS=[authgateway_google, plugin])
-    client = app.test_client()
-    connect(client)
-    answer = token(client, force_refresh=True)
+    client = acme_app(make_app, google, Acme(RuntimeError("bug in a plugin"))).test_client()
+    connect(client, provider="acme")
+    answer = token(client, provider="acme", force_refresh=True)
     assert answer.status_code == 502
     assert answer.get_json()["detail"]["error"] == "provider_unavailable"
     assert "bug in a plugin" not in answer.get_data(as_text=True)
 
 
 def test_a_plugin_may_classify_its_own_errors(make_app, google):
-    import authgateway_google
-
-    app = make_app(PLUGINS=[authgateway_google, CountingRefresh(InvalidGrant("dead"))])
-    client = app.test_client()
-    connect(client)
-    assert token(client, force_refresh=True).status_code == 401
+    client = acme_app(make_app, google, Acme(InvalidGrant("dead"))).test_client()
+    connect(client, provider="acme")
+    assert token(client, provider="acme", force_refresh=True).status_code == 401
 
 
 def test_revocation_goes_through_authgateway_revoke_token(client, google):

@@ -19,7 +19,7 @@ from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
 from authgateway.standard import parse_token_answer, read_answer
 from tests.conftest import HEADERS, serve_wsgi
-from tests.fakes.github import ACCESS_TTL, Email, User
+from tests.fakes.github import ACCESS_TTL, Account, Email
 from tests.flow import consent, start
 
 EMAIL = "ada@example.com"
@@ -82,8 +82,8 @@ def test_the_authorize_url_asks_for_identity_scopes_with_pkce_and_no_login_hint(
 # ---- identity ----------------------------------------------------------------------------
 
 def test_a_verified_secondary_email_connects(app, client, github):
-    github.user = User(id=1, login="ada", emails=[Email("ada@work.example", primary=True),
-                                                  Email("Ada@Example.com")])
+    github.account = Account(subject="1", email="ada@work.example",
+                             emails=(Email("Ada@Example.com"),))
     connect(client)
     answer = token(client)
     assert answer.status_code == 200 and answer.get_json()["access_token"].startswith("gho_")
@@ -93,8 +93,8 @@ def test_a_verified_secondary_email_connects(app, client, github):
 
 
 def test_an_unverified_email_cannot_connect(app, client, github):
-    github.user = User(id=1, login="ada", emails=[Email("ada@work.example", primary=True),
-                                                  Email(EMAIL, verified=False)])
+    github.account = Account(subject="1", email="ada@work.example",
+                             emails=(Email(EMAIL, verified=False),))
     flow = begin(client)
     page = client.get(consent(flow["auth_url"]))
     assert page.status_code == 403
@@ -104,7 +104,7 @@ def test_an_unverified_email_cannot_connect(app, client, github):
 
 def test_another_github_account_for_the_same_user_is_an_account_mismatch(app, client, github):
     connect(client)
-    github.user = User(id=999, login="mallory", emails=[Email(EMAIL, primary=True)])
+    github.account = Account(subject="999", email=EMAIL)
     flow = begin(client)
     page = client.get(consent(flow["auth_url"]))
     assert page.status_code == 400
