@@ -11,6 +11,7 @@ from datetime import timedelta
 import authgateway_github
 import authgateway_google
 import pytest
+from authgateway_client import Forbidden, GatewayClient
 from sqlalchemy import select, update
 
 from authgateway import audit
@@ -296,3 +297,12 @@ def test_list_and_show_mark_the_bootstrap_key_and_print_the_scope(app):
     shown = runner.invoke(args=["apikeys", "show", "bootstrap"]).output
     assert "(AUTH_GATEWAY_API_KEY)" in shown and "providers:  all" in shown
     assert runner.invoke(args=["apikeys", "show", "nobody"]).exit_code == 1
+
+
+def test_the_client_raises_forbidden(live):
+    headers = create(live.app, "mcp-init-only", "--can", "init")
+    with GatewayClient(live.url, headers["X-API-Key"]) as gateway_client:
+        with pytest.raises(Forbidden) as raised:
+            gateway_client.get_token("google", ADA)
+    assert raised.value.status == 403 and "'token' operation" in raised.value.message
+    assert raised.value.auth_required is False
