@@ -91,12 +91,13 @@ def _time(value):
 
 @auth.post("/init")
 def init():
-    gateway().limiter.flow_started(g.api_key_name)
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))
     scopes = validation.scopes(body.get("scopes"))
     require_scope("init", provider, user_email)
+    # Only flows the key may start count against its budget: a refusal writes no counter.
+    gateway().limiter.flow_started(g.api_key_name)
     flow = flows.start_flow(provider, user_email, scopes, g.api_key_name)
     return jsonify(auth_url=flow.auth_url, session_id=flow.session_id,
                    expires_at=_time(flow.expires_at))
