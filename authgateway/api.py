@@ -10,7 +10,13 @@ from sqlalchemy import text
 
 from . import audit, flows, metrics, tokens, validation
 from .context import gateway
-from .errors import GatewayError, InvalidApiKeyError, InvalidRequestError, MissingApiKeyError
+from .errors import (
+    ForbiddenError,
+    GatewayError,
+    InvalidApiKeyError,
+    InvalidRequestError,
+    MissingApiKeyError,
+)
 from .extensions import db
 from .log_setup import ENVIRON_STARTED
 from .openapi import openapi_document
@@ -42,11 +48,35 @@ def require_api_key() -> None:
     key = _presented_key(environ)
     if key is None:
         raise MissingApiKeyError()
-    name = here.api_keys.authenticate(key)
-    if name is None:
+    caller = here.api_keys.authenticate(key)
+    if caller is None:
         here.limiter.bad_key(environ.get("REMOTE_ADDR"))
         raise InvalidApiKeyError()
-    g.api_key_name = name
+    g.api_key_name, g.api_key_scope = caller.name, caller.scope
+
+
+def require_scope(operation: str, provider: str | None = None,
+                  user_email: str | None = None) -> None:
+    """403 forbidden, audited, when the caller's key may not do ``operation`` for this provider
+    and user. A check in memory: each view makes it before anything about the user is read."""
+    scope = g.api_key_scope
+    if scope.unlimited:
+        return
+    refused = scope.refusal(operation, provider, user_email)
+    if refused is not None:
+        lacks, message = refused
+        audit.refusal(g.api_key_name, user_email, provider, lacks)
+        raise ForbiddenError(message)
+
+
+def _may_see_flow(started_by: str | None, provider: str, user_email: str) -> bool:
+    """A flow is visible to the key that started it and to keys whose scope covers its provider
+    and user; to any other it does not exist."""
+    if started_by == g.api_key_name or g.api_key_scope.refusal(
+            "status", provider, user_email) is None:
+        return True
+    audit.refusal(g.api_key_name, user_email, provider, "flow")
+    return False
 
 
 #: POST /auth/token's answer as jsonify writes it (sorted keys, compact, ASCII), from one
@@ -61,11 +91,13 @@ def _time(value):
 
 @auth.post("/init")
 def init():
-    gateway().limiter.flow_started(g.api_key_name)
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))
     scopes = validation.scopes(body.get("scopes"))
+    require_scope("init", provider, user_email)
+    # Only flows the key may start count against its budget: a refusal writes no counter.
+    gateway().limiter.flow_started(g.api_key_name)
     flow = flows.start_flow(provider, user_email, scopes, g.api_key_name)
     return jsonify(auth_url=flow.auth_url, session_id=flow.session_id,
                    expires_at=_time(flow.expires_at))
@@ -99,7 +131,8 @@ def _page(outcome: str, status: int, **context):
 
 @auth.get("/status/<path:session_id>")
 def status(session_id: str):
-    answer = flows.session_status(session_id)
+    require_scope("status")
+    answer = flows.session_status(session_id, visible=_may_see_flow)
     if "expires_at" in answer:
         answer["expires_at"] = _time(answer["expires_at"])
     return jsonify(answer)
@@ -116,6 +149,7 @@ def token():
     if not 0 <= min_valid <= 86400:
         raise InvalidRequestError("The field 'min_valid_seconds' must be between 0 and 86400.")
     force = validation.field(body, "force_refresh", bool, required=False, default=False)
+    require_scope("token", provider, user_email)
     here.providers.info(provider)
     try:
         answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
@@ -133,7 +167,10 @@ def token():
 @auth.get("/providers/<path:user_email>")
 def user_providers(user_email: str):
     user_email = validation.email(user_email)
-    connected = tokens.user_providers(user_email)
+    require_scope("providers", user_email=user_email)
+    scope = g.api_key_scope
+    connected = [entry for entry in tokens.user_providers(user_email)
+                 if scope.covers_provider(entry["provider"])]
     for entry in connected:
         entry["authenticated_at"] = _time(entry["authenticated_at"])
         entry["token_expires_at"] = _time(entry["token_expires_at"])
@@ -145,6 +182,7 @@ def revoke():
     body = validation.json_body()
     provider = validation.field(body, "provider", str)
     user_email = validation.email(validation.field(body, "user_email", str))
+    require_scope("revoke", provider, user_email)
     gateway().providers.info(provider)
     revoked = tokens.revoke(user_email, provider, g.api_key_name)
     message = ("Revoked at the provider and deleted." if revoked else

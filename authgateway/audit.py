@@ -1,10 +1,12 @@
 """The audit trail: one row per thing that happened to a user's connection. Never a secret.
 
 Actions: flow_started, flow_completed, flow_failed, token_refreshed, refresh_failed, revoked,
-reencrypted, and token_served. Tokens served are the hot path, so they are not written one by
-one: each process counts them per (API key, user, provider) and writes one ``token_served`` row
-per key every ``AUTH_GATEWAY_AUDIT_FLUSH_SECONDS`` (and at exit), with the count, first and last
-time in ``detail``. ``flask audit tail`` shows the trail.
+reencrypted, token_served, and forbidden (a request outside its API key's scope: at most one
+row per key every ``REFUSAL_INTERVAL`` seconds per process, with the count of the others).
+Tokens served are the hot path, so they are not written one by one: each process counts them
+per (API key, user, provider) and writes one ``token_served`` row per key every
+``AUTH_GATEWAY_AUDIT_FLUSH_SECONDS`` (and at exit), with the count, first and last time in
+``detail``. ``flask audit tail`` shows the trail.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import atexit
 import logging
 import re
 import threading
+import time
 import weakref
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +43,31 @@ def record(action: str, *, actor: str | None, user_email: str | None, provider: 
         db.session.add(AuditEvent(**values))
     else:
         connection.execute(insert(AuditEvent.__table__).values(created_at=utcnow(), **values))
+
+
+#: Seconds between two ``forbidden`` rows of one API key in one process.
+REFUSAL_INTERVAL = 60.0
+_refusals_lock = threading.Lock()
+
+
+def refusal(actor: str, user_email: str | None, provider: str | None, lacks: str) -> None:
+    """Record a request its key's scope does not cover, in a transaction of its own; a key
+    that keeps asking adds one row per interval, so it cannot flood the table."""
+    metrics.refused(actor, lacks)
+    now = time.monotonic()
+    # API key name -> [monotonic time of its last row, refusals since], per app.
+    refusals = current_app.extensions.setdefault("authgateway.refusals", {})
+    with _refusals_lock:
+        last = refusals.get(actor)
+        if last is not None and now - last[0] < REFUSAL_INTERVAL:
+            last[1] += 1
+            return
+        unwritten = last[1] if last is not None else 0
+        refusals[actor] = [now, 0]
+    detail = f"lacks={lacks}" + (f" refused_since_last_row={unwritten}" if unwritten else "")
+    record("forbidden", actor=actor, user_email=user_email, provider=provider[:64]
+           if provider else None, outcome="forbidden", detail=detail)
+    db.session.commit()
 
 
 def token_served(actor: str | None, user_email: str, provider: str) -> None:

@@ -24,6 +24,7 @@ from .config import DEV_SETTINGS, instance_folder
 from .context import gateway
 from .crypto import KeyRing, generate_key
 from .errors import ConfigError
+from .models import utcnow
 from .tokens import refresh_expiring
 
 
@@ -236,33 +237,203 @@ def apikeys() -> None:
     """API keys for MCP servers."""
 
 
-@apikeys.command("create")
-@click.argument("name")
-@with_appcontext
-def apikeys_create(name: str) -> None:
-    """Create a key; it is shown this once and stored only as a hash."""
-    from sqlalchemy.exc import IntegrityError
+def _scope_options(command):
+    """--providers, --users, --can and --expires-in, as create and update take them."""
+    options = [
+        click.option("--providers", metavar="NAMES",
+                     help="Only these providers, comma-separated: google,github."),
+        click.option("--users", metavar="PATTERN", multiple=True,
+                     help="Only users whose email matches this pattern (repeatable): the "
+                          "whole address, case-insensitive, with * ? [...] as in the shell, "
+                          "e.g. '*@example.com'."),
+        click.option("--can", metavar="OPERATIONS",
+                     help="Only these operations, comma-separated from "
+                          f"{','.join(apikeys_module.OPERATIONS)}."),
+        click.option("--expires-in", metavar="DURATION",
+                     help="The key stops working after this long: 90d, 24h, 30m, 2w."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _read_scope(providers: str | None, users: tuple[str, ...], can: str | None,
+                expires_in: str | None):
+    """The scope and expiry the options name (None where an option is absent); a ClickException
+    naming the option when one is not valid."""
+    from .context import gateway
 
     try:
-        key = apikeys_module.create_key(name)
+        scope = apikeys_module.Scope(
+            providers=(apikeys_module.parse_providers(providers, gateway().providers.names())
+                       if providers is not None else None),
+            users=(tuple(dict.fromkeys(apikeys_module.parse_user_pattern(p) for p in users))
+                   if users else None),
+            operations=apikeys_module.parse_operations(can) if can is not None else None,
+        )
+        expires_at = (utcnow() + apikeys_module.parse_duration(expires_in, "--expires-in")
+                      if expires_in is not None else None)
+    except apikeys_module.ScopeError as exc:
+        raise click.ClickException(str(exc)) from None
+    return scope, expires_at
+
+
+@apikeys.command("create")
+@click.argument("name")
+@_scope_options
+@with_appcontext
+def apikeys_create(name: str, providers: str | None, users: tuple[str, ...], can: str | None,
+                   expires_in: str | None) -> None:
+    """Create a key; it is shown this once and stored only as a hash. Without options it may
+    do everything, for every provider and user."""
+    from sqlalchemy.exc import IntegrityError
+
+    scope, expires_at = _read_scope(providers, users, can, expires_in)
+    try:
+        key = apikeys_module.create_key(name, scope, expires_at)
     except IntegrityError:
         raise click.ClickException(f"An API key named '{name}' already exists.") from None
     click.echo(key)
-    click.echo(f"# API key '{name}' created. It is shown only now: store it safely.", err=True)
+    click.echo(f"# API key '{name}' created ({scope.summary()}). It is shown only now: store it "
+               "safely.", err=True)
+
+
+@apikeys.command("update")
+@click.argument("name")
+@_scope_options
+@click.option("--all-providers", is_flag=True, help="Lift the limit on providers.")
+@click.option("--all-users", is_flag=True, help="Lift the limit on users.")
+@click.option("--all-operations", is_flag=True, help="Lift the limit on operations.")
+@click.option("--never-expires", is_flag=True, help="Lift the expiry.")
+@with_appcontext
+def apikeys_update(name: str, providers: str | None, users: tuple[str, ...], can: str | None,
+                   expires_in: str | None, all_providers: bool, all_users: bool,
+                   all_operations: bool, never_expires: bool) -> None:
+    """Change a key's scope or expiry; only the options given change. Every process applies it
+    within APIKEY_CACHE_SECONDS."""
+    scope, expires_at = _read_scope(providers, users, can, expires_in)
+    columns = apikeys_module.scope_columns(scope)
+    values = {}
+    for column, given, lifted, lift_option in (
+            ("providers", providers is not None, all_providers, "--all-providers"),
+            ("users", bool(users), all_users, "--all-users"),
+            ("operations", can is not None, all_operations, "--all-operations"),
+            ("expires_at", expires_in is not None, never_expires, "--never-expires")):
+        if given and lifted:
+            raise click.ClickException(f"{lift_option} lifts the limit its companion option "
+                                       "sets: give one of them.")
+        if given:
+            values[column] = expires_at if column == "expires_at" else columns[column]
+        elif lifted:
+            values[column] = None
+    if not values:
+        raise click.ClickException("Name what to change: --providers, --users, --can, "
+                                   "--expires-in, or an --all-... or --never-expires flag.")
+    if not apikeys_module.update_key(name, **values):
+        raise click.ClickException(f"No live API key is named '{name}'.")
+    row = apikeys_module.get_key(name)
+    click.echo(f"API key '{name}' updated: {apikeys_module.scope_of(row).summary()}, "
+               f"expires {_when(row.expires_at) if row.expires_at else 'never'}.")
+
+
+@apikeys.command("rotate")
+@click.argument("name")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="How long the current secret keeps working beside the new one (0: not at "
+                   "all).")
+@with_appcontext
+def apikeys_rotate(name: str, grace: str) -> None:
+    """Print a new secret for a key, same name and scope. A secret still in the grace of an
+    earlier rotation stops at once."""
+    try:
+        period = apikeys_module.parse_duration(grace, "--grace", allow_zero=True)
+    except apikeys_module.ScopeError as exc:
+        raise click.ClickException(str(exc)) from None
+    key = apikeys_module.rotate_key(name, period)
+    if key is None:
+        raise click.ClickException(f"No live API key is named '{name}'.")
+    click.echo(key)
+    ends = (f"works until {_when(utcnow() + period)} UTC" if period
+            else "stops within APIKEY_CACHE_SECONDS")
+    click.echo(f"# API key '{name}' rotated: the previous secret {ends}. The new one is shown "
+               "only now: store it safely.", err=True)
 
 
 @apikeys.command("list")
 @with_appcontext
 def apikeys_list() -> None:
-    """Name, visible prefix, created, last used, revoked."""
+    """Every key (the bootstrap one too): prefix, created, last used, expiry, state, scope."""
     rows = apikeys_module.list_keys()
-    if not rows:
-        click.echo("No API keys are stored (AUTH_GATEWAY_API_KEY still works if set).")
-        return
-    click.echo(f"{'NAME':24} {'PREFIX':14} {'CREATED':20} {'LAST USED':20} REVOKED")
+    bootstrap = _bootstrap_digest()
+    lines = [("NAME", "PREFIX", "CREATED", "LAST USED", "EXPIRES", "STATE", "SCOPE")]
     for row in rows:
-        click.echo(f"{row.name:24} {row.prefix + '…':14} {_when(row.created_at):20} "
-                   f"{_when(row.last_used_at):20} {_when(row.revoked_at)}")
+        marked = bootstrap in (row.key_hash, row.previous_key_hash)
+        lines.append((row.name, row.prefix + "…", _when(row.created_at), _when(row.last_used_at),
+                      _when(row.expires_at), _state(row),
+                      apikeys_module.scope_of(row).summary()
+                      + (" [AUTH_GATEWAY_API_KEY]" if marked else "")))
+    if bootstrap and not any(bootstrap in (row.key_hash, row.previous_key_hash) for row in rows):
+        lines.append((apikeys_module.BOOTSTRAP_NAME, "(not stored)", "-", "-", "-", "active",
+                      "full access [AUTH_GATEWAY_API_KEY]"))
+    if len(lines) == 1:
+        click.echo("No API keys are stored and AUTH_GATEWAY_API_KEY is not set.")
+        return
+    for line in lines:
+        click.echo("  ".join(f"{cell:{width}}" for cell, width in
+                             zip(line, (24, 14, 19, 19, 19, 8, 0), strict=True)).rstrip())
+
+
+@apikeys.command("show")
+@click.argument("name")
+@with_appcontext
+def apikeys_show(name: str) -> None:
+    """One key's scope, expiry and state."""
+    row = apikeys_module.get_key(name)
+    bootstrap = _bootstrap_digest()
+    if row is None and name == apikeys_module.BOOTSTRAP_NAME and bootstrap:
+        click.echo(f"name:       {name} (AUTH_GATEWAY_API_KEY, not stored)\n"
+                   "providers:  all\nusers:      all\ncan:        all operations\n"
+                   "expires:    never\nstate:      active")
+        return
+    if row is None:
+        raise click.ClickException(f"No API key is named '{name}'.")
+    scope = apikeys_module.scope_of(row)
+    lines = [
+        f"name:       {row.name}"
+        + (" (AUTH_GATEWAY_API_KEY)" if bootstrap in (row.key_hash, row.previous_key_hash)
+           else ""),
+        f"prefix:     {row.prefix}…",
+        "providers:  " + (", ".join(sorted(scope.providers)) if scope.providers is not None
+                          else "all"),
+        "users:      " + (", ".join(scope.users) if scope.users is not None else "all"),
+        "can:        " + (", ".join(op for op in apikeys_module.OPERATIONS
+                                    if op in scope.operations)
+                          if scope.operations is not None else "all operations"),
+        f"expires:    {_when(row.expires_at) if row.expires_at else 'never'}",
+        f"state:      {_state(row)}"
+        + (f" since {_when(row.revoked_at)}" if row.revoked_at else ""),
+        f"created:    {_when(row.created_at)}",
+        f"last used:  {_when(row.last_used_at)}",
+    ]
+    if row.previous_key_hash and row.previous_expires_at > utcnow():
+        lines.append(f"previous:   {row.previous_prefix}… works until "
+                     f"{_when(row.previous_expires_at)}")
+    click.echo("\n".join(lines))
+
+
+def _bootstrap_digest() -> str | None:
+    key = current_app.config.get("API_KEY")
+    return apikeys_module.hash_key(key) if key else None
+
+
+def _state(row) -> str:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        return "expired"
+    if row.previous_key_hash and row.previous_expires_at > utcnow():
+        return "rotating"
+    return "active"
 
 
 def _when(value) -> str:
@@ -273,7 +444,8 @@ def _when(value) -> str:
 @click.argument("name")
 @with_appcontext
 def apikeys_revoke(name: str) -> None:
-    """Revoke a key; every process refuses it within APIKEY_CACHE_SECONDS."""
+    """Revoke a key (both secrets while it rotates); every process refuses it within
+    APIKEY_CACHE_SECONDS."""
     if not apikeys_module.revoke_key(name):
         raise click.ClickException(f"No live API key is named '{name}'.")
     click.echo(f"API key '{name}' revoked.")

@@ -60,6 +60,13 @@ class InvalidApiKeyError(GatewayError):
     default_message = "The API key is not valid or has been revoked."
 
 
+class ForbiddenError(GatewayError):
+    """The key is valid, but its scope does not cover this provider, user or operation."""
+
+    status, code = 403, "forbidden"
+    default_message = "This API key may not do this."
+
+
 class NotFoundError(GatewayError):
     status, code = 404, "not_found"
     default_message = "There is nothing at this path."

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -97,13 +98,16 @@ def start_flow(provider: str, user_email: str, scopes: list[str] | None,
     return StartedFlow(auth_url=auth_url, session_id=session.id, expires_at=expires_at)
 
 
-def session_status(session_id: str) -> dict:
+def session_status(session_id: str,
+                   visible: Callable[[str | None, str, str], bool] | None = None) -> dict:
+    """The flow's state; not found unless ``visible(started_by, provider, user_email)``."""
     try:
         uuid.UUID(session_id)
     except ValueError:
         raise SessionNotFoundError() from None
     session = db.session.get(AuthSession, session_id)
-    if session is None:
+    if session is None or (visible is not None and not visible(
+            session.api_key_name, session.provider, session.user_email)):
         raise SessionNotFoundError()
     answer = {"session_id": session.id, "user_email": session.user_email,
               "provider": session.provider}

@@ -62,6 +62,12 @@ FLOWS = Counter(
     "Authorization flows by provider and outcome: started, completed, or why one failed.",
     ["provider", "outcome"],
 )
+API_KEY_REFUSALS = Counter(
+    "authgateway_api_key_refusals",
+    "Requests refused with 403 forbidden (or a flow hidden from /auth/status), by API key name "
+    "and what its scope lacks: operation, provider, user or flow.",
+    ["api_key", "lacks"],
+)
 
 #: How tokens.py says an answer was obtained, as an operator reads it.
 TOKEN_OUTCOMES = {"fresh": "refreshed_by_peer", "failed": "stale_after_failure"}
@@ -102,6 +108,12 @@ def _series(metric, *labels: str):
 def token_answered(provider: str, outcome: str) -> None:
     """One answer of /auth/token: how tokens.py got it, or the error code it raised."""
     _series(TOKEN_ANSWERS, provider, TOKEN_OUTCOMES.get(outcome, outcome)).inc()
+
+
+def refused(api_key: str, lacks: str) -> None:
+    """A request outside its key's scope. Key names are the operator's, a set as closed as
+    the keys themselves."""
+    _series(API_KEY_REFUSALS, api_key, lacks).inc()
 
 
 def audited(action: str, provider: str | None, outcome: str) -> None:

@@ -96,7 +96,11 @@ class AuthSession(db.Model):
 
 
 class ApiKey(db.Model):
-    """A caller's key, kept as a SHA-256 hash with a short prefix people can recognise."""
+    """A caller's key, kept as a SHA-256 hash with a short prefix people can recognise.
+
+    Its scope: ``providers``, ``users`` (email patterns) and ``operations``, each a
+    space-separated list, NULL for no limit. After a rotation the previous secret's hash stays
+    in ``previous_key_hash`` until ``previous_expires_at``."""
 
     __tablename__ = "api_keys"
 
@@ -107,6 +111,13 @@ class ApiKey(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    providers: Mapped[str | None] = mapped_column(Text)
+    users: Mapped[str | None] = mapped_column(Text)
+    operations: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    previous_prefix: Mapped[str | None] = mapped_column(String(16))
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(db.Model):

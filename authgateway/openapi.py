@@ -9,7 +9,7 @@ ERROR_CODES = [
     "invalid_request", "unsupported_provider", "provider_not_configured", "missing_api_key",
     "invalid_api_key", "not_found", "method_not_allowed", "session_not_found",
     "not_authenticated", "refresh_failed", "provider_unavailable", "provider_misconfigured",
-    "decryption_failed", "rate_limited", "internal_error",
+    "decryption_failed", "rate_limited", "internal_error", "forbidden",
 ]
 
 TIME = {"type": "string", "format": "date-time"}
@@ -47,6 +47,11 @@ AUTH_ERRORS = {
                                         "required": True,
                                         "schema": {"type": "integer", "minimum": 1}}}},
 }
+
+#: The /auth endpoints also check the key's scope.
+FORBIDDEN = _error("invalid_api_key, or forbidden: the key is valid but its scope does not "
+                   "cover this provider, this user or this operation (the message says which)")
+SCOPED_ERRORS = {**AUTH_ERRORS, "403": FORBIDDEN}
 
 
 def openapi_document(version: str, providers: list[str] | None = None) -> dict:
@@ -93,7 +98,7 @@ def _document(version: str) -> dict:
                 "responses": {"200": _json("InitResponse"),
                               "400": _error("invalid_request or unsupported_provider"),
                               "413": _error("invalid_request: body over 64 KiB"),
-                              "503": _error("provider_not_configured"), **AUTH_ERRORS},
+                              "503": _error("provider_not_configured"), **SCOPED_ERRORS},
             }},
             "/auth/callback/{provider}": {"get": {
                 "summary": "Where the provider sends the person back (an HTML page)",
@@ -118,7 +123,9 @@ def _document(version: str) -> dict:
                 "parameters": [{"name": "session_id", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
                 "responses": {"200": _json("StatusResponse"),
-                              "404": _error("session_not_found"), **AUTH_ERRORS},
+                              "404": _error("session_not_found: unknown, or started by "
+                                            "another key whose flows this key may not see"),
+                              **SCOPED_ERRORS},
             }},
             "/auth/token": {"post": {
                 "summary": "A valid access token for a user",
@@ -127,7 +134,7 @@ def _document(version: str) -> dict:
                               "400": _error("invalid_request or unsupported_provider"),
                               "404": _error("not_authenticated"),
                               "401": _error("refresh_failed, or missing_api_key"),
-                              "403": _error("invalid_api_key"),
+                              "403": FORBIDDEN,
                               "413": _error("invalid_request: body over 64 KiB"),
                               "429": AUTH_ERRORS["429"],
                               "500": _error("decryption_failed"),
@@ -141,7 +148,7 @@ def _document(version: str) -> dict:
                 "responses": {"200": _json("ProvidersResponse"),
                               "400": _error("invalid_request"),
                               "404": _error("not_found: a path that names no email at all"),
-                              **AUTH_ERRORS},
+                              **SCOPED_ERRORS},
             }},
             "/auth/revoke": {"delete": {
                 "summary": "Revoke at the provider and forget a user's credential",
@@ -150,7 +157,7 @@ def _document(version: str) -> dict:
                               "400": _error("invalid_request or unsupported_provider"),
                               "404": _error("not_authenticated"),
                               "413": _error("invalid_request: body over 64 KiB"),
-                              "503": _error("provider_not_configured"), **AUTH_ERRORS},
+                              "503": _error("provider_not_configured"), **SCOPED_ERRORS},
             }},
             "/health": {"get": {
                 "summary": "Health for load balancers", "security": [],

@@ -17,8 +17,12 @@ a cross-CPU wake-up each time (docs/scale-out.md). --no-pin shows the unpinned n
 Then a refresh storm: 200 concurrent calls on 20 expired credentials, against the fake Google of
 the tests with a small provider latency; it must cause exactly 20 upstream refreshes.
 
+With --scoped, the PostgreSQL gateway is also driven with a scoped API key (one provider, a
+user pattern, one operation), as a target of its own right after the unscoped one in every
+round: the cost of the scope check, measured against the same process.
+
     .venv/bin/python bench/token_load.py [--rounds 3] [--seconds 10] [--threads N] [--no-pin]
-                                         [--breakdown] [--no-storm]
+                                         [--breakdown] [--no-storm] [--scoped]
 
 Needs `wrk` (Debian: apt-get install wrk) and a PostgreSQL it may create a database on
 (BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/test).
@@ -50,7 +54,7 @@ from sqlalchemy import insert, update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for tests.fakes: the storm runs against the tests' fake Google
 
-from authgateway import create_app  # noqa: E402
+from authgateway import apikeys, create_app  # noqa: E402
 from authgateway.config import DEFAULTS  # noqa: E402
 from authgateway.crypto import KeyRing  # noqa: E402
 from authgateway.extensions import db  # noqa: E402
@@ -185,6 +189,23 @@ class Server:
                 self.process.wait(timeout=5)
 
 
+class KeyedTarget:
+    """A running server driven with another API key: a target of its own in the tables."""
+
+    def __init__(self, name: str, server: Server, api_key: str) -> None:
+        self.name, self.server, self.api_key = name, server, api_key
+        self.url, self.log, self.requests = server.url, server.log, 0
+
+    def wait_ready(self) -> KeyedTarget:
+        return self
+
+    def peak_rss_mb(self) -> float:
+        return self.server.peak_rss_mb()
+
+    def stop(self) -> None:
+        """The server is stopped as itself."""
+
+
 def gateway_env(url: str, key: str, api_key: str, threads: int, instance: Path,
                 google: FakeGoogle) -> dict:
     env = {k: v for k, v in os.environ.items()
@@ -227,12 +248,14 @@ def load(servers: list[Server], rounds: int, seconds: int, warmup: int,
          api_key: str, cpu: int | None) -> dict[tuple[str, int], list[dict]]:
     """Every server in turn within each round (A B C A B C ...), 16 connections then 1."""
     for server in servers:  # fill the API key cache, the pool, the prepared statements
-        server.requests += run_wrk(server, 16, warmup, api_key, cpu)["requests"]
+        server.requests += run_wrk(server, 16, warmup, getattr(server, "api_key", api_key),
+                                   cpu)["requests"]
     results: dict[tuple[str, int], list[dict]] = {}
     for connections in (16, 1):
         for round_number in range(1, rounds + 1):
             for server in servers:
-                result = run_wrk(server, connections, seconds, api_key, cpu)
+                result = run_wrk(server, connections, seconds,
+                                 getattr(server, "api_key", api_key), cpu)
                 server.requests += result["requests"]
                 results.setdefault((server.name, connections), []).append(result)
                 print(f"  round {round_number} c={connections:<2} {server.name:18} "
@@ -378,6 +401,8 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each request inside the servers (bench/probe): queued, "
                              "in the app, CPU; it costs them a little throughput")
+    parser.add_argument("--scoped", action="store_true",
+                        help="also drive the PostgreSQL gateway with a scoped API key")
     parser.add_argument("--no-pin", action="store_true",
                         help="leave servers and wrk on any CPU (default: each on its own)")
     args = parser.parse_args()
@@ -397,6 +422,12 @@ def main() -> None:
             apps = {url: local_app(url, key, api_key, google) for url in (pg_url, sqlite_url)}
             for app in apps.values():
                 migrate_and_fill(app, key)
+            if args.scoped:
+                with apps[pg_url].app_context():
+                    scoped_key = apikeys.create_key("bench-scoped", apikeys.Scope(
+                        providers=frozenset({"google"}), users=("user*@example.com",),
+                        operations=frozenset({"token"})))
+                    db.engine.dispose()
             pinning = ("unpinned" if server_cpu is None else
                        f"servers on CPU {server_cpu}, wrk on CPU {load_cpu}")
             print(f"{USERS} credentials on PostgreSQL and SQLite; waitress threads: "
@@ -425,11 +456,14 @@ def main() -> None:
                                              str(args.threads)],
                               probed("bare Flask", dict(os.environ)), work, server_cpu),
                        gateway("gateway (SQLite)", sqlite_url, probe=True)]
+            if args.scoped:
+                servers.insert(1, KeyedTarget("gateway (PG) scoped", servers[0], scoped_key))
             for server in servers:
                 server.wait_ready()
             results = load(servers, args.rounds, args.seconds, args.warmup, api_key, load_cpu)
             rss = {server.name: server.peak_rss_mb() for server in servers}
-            pg_requests = servers[0].requests
+            pg_requests = sum(server.requests for server in servers
+                              if server.name.startswith("gateway (PG)"))
             for server in servers:
                 server.stop()
             time.sleep(1)  # the gateway's backends flush their statistics as they exit
@@ -439,7 +473,8 @@ def main() -> None:
                   f"{args.seconds} s")
             print(table(results, rss, "bare Flask"))
             print()
-            print(goals(results, rss, "bare Flask", ["gateway (PG)", "gateway (SQLite)"]))
+            print(goals(results, rss, "bare Flask", [server.name for server in servers
+                                                     if server.name.startswith("gateway")]))
             if probes:
                 print("\nwhere the time goes inside each server (bench/probe): queued in waitress, "
                       "then in the app (wall), of which the worker's own CPU; the rest of wrk's "

@@ -5,6 +5,7 @@ real processes. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -149,6 +150,11 @@ def test_sessions_purge_deletes_flows_expired_over_a_day_ago(app):
 
 # ---- API keys ------------------------------------------------------------------------------
 
+def columns(row: str) -> list[str]:
+    """The cells of a row of `apikeys list` (two spaces or more between them)."""
+    return re.split(r"\s{2,}", row.strip())
+
+
 def _authenticated(client, key: str) -> int:
     return client.get("/auth/providers/nobody@example.com", headers={"X-API-Key": key}).status_code
 
@@ -161,10 +167,10 @@ def test_apikeys_list_shows_each_key_and_last_use_is_written_once_a_minute(make_
     assert created.exit_code == 0 and "shown only now" in created.stderr
 
     [row] = lines_starting(runner.invoke(args=["apikeys", "list"]).output, "mcp-drive")
-    name, prefix, created_day, created_time, last_used, revoked = row.split()
+    name, prefix, created, last_used, expires, state, scope = columns(row)
     assert prefix == key[:VISIBLE_PREFIX_LENGTH] + "…" and key not in row
-    assert time.strptime(f"{created_day} {created_time}", "%Y-%m-%d %H:%M:%S")
-    assert (last_used, revoked) == ("-", "-")
+    assert time.strptime(created, "%Y-%m-%d %H:%M:%S")
+    assert (last_used, expires, state, scope) == ("-", "-", "active", "full access")
 
     writes = []
     with app.app_context():
@@ -187,11 +193,11 @@ def test_apikeys_list_shows_each_key_and_last_use_is_written_once_a_minute(make_
     finally:
         event.remove(engine, "before_cursor_execute", count_writes)
     [row] = lines_starting(runner.invoke(args=["apikeys", "list"]).output, "mcp-drive")
-    assert row.split()[4] != "-"
+    assert time.strptime(columns(row)[3], "%Y-%m-%d %H:%M:%S")
 
     assert runner.invoke(args=["apikeys", "revoke", "mcp-drive"]).exit_code == 0
     [row] = lines_starting(runner.invoke(args=["apikeys", "list"]).output, "mcp-drive")
-    assert len(row.split()) == 8  # created, last used and revoked each a date and a time
+    assert columns(row)[5] == "revoked"
     assert runner.invoke(args=["apikeys", "revoke", "mcp-drive"]).exit_code == 1
 
 
@@ -209,7 +215,7 @@ def test_revoke_reaches_every_process_within_the_cache_ttl(make_app):
         while _authenticated(client, key) == 200 and time.monotonic() - revoked_at < 5:
             time.sleep(0.02)
         refused_after.append(time.monotonic() - revoked_at)
-    assert max(refused_after) <= ttl + 0.5, refused_after
+    assert max(refused_after) <= ttl + 1.0, refused_after  # the ttl, plus a slow request or two
     assert [_authenticated(c, key) for c in clients] == [403, 403]
     # The bootstrap key is not a stored key: it keeps working throughout.
     assert [c.get("/auth/providers/x@example.com", headers=HEADERS).status_code

@@ -41,13 +41,22 @@ def wired(make_app):
         wire.close()
 
 
-def test_a_cached_token_costs_one_round_trip_and_writes_nothing(wired):
+@pytest.mark.parametrize("key", ["bootstrap", "scoped"])
+def test_a_cached_token_costs_one_round_trip_and_writes_nothing(wired, key):
+    """For a key of any scope: the scope is checked in memory, from the key's cache entry."""
     app, client, wire = wired()
+    headers = HEADERS
+    if key == "scoped":
+        with app.app_context():
+            headers = {"X-API-Key": apikeys.create_key("mcp-scoped", apikeys.Scope(
+                providers=frozenset({"google"}), users=("*@example.com",),
+                operations=frozenset({"token"})))}
+    body = {"provider": "google", "user_email": "ada@example.com"}
     for _ in range(WARM_UP_CALLS):
-        assert token(client).status_code == 200
+        assert client.post("/auth/token", headers=headers, json=body).status_code == 200
     wire.take()
     for _ in range(5):
-        answer = token(client)
+        answer = client.post("/auth/token", headers=headers, json=body)
         assert answer.status_code == 200, answer.get_json()
         trips, said = wire.take()
         assert trips == 1, f"{trips} round trips for one cached token:\n{said}"

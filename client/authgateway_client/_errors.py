@@ -71,6 +71,13 @@ class InvalidApiKey(ApiKeyError):
     code, status = "invalid_api_key", 403
 
 
+class Forbidden(GatewayError):
+    """The API key is valid, but its scope does not cover this provider, this user or this
+    operation (``message`` says which): an operator's job, never the user's."""
+
+    code, status = "forbidden", 403
+
+
 class NotFound(GatewayError):
     """No such path: the gateway is older or newer than this client, or the URL is wrong."""
 
@@ -178,7 +185,7 @@ ERROR_CLASSES: dict[str, type[GatewayError]] = {
     for cls in (InvalidRequest, UnsupportedProvider, ProviderNotConfigured, MissingApiKey,
                 InvalidApiKey, NotFound, MethodNotAllowed, SessionNotFound, NotAuthenticated,
                 RefreshFailed, ProviderUnavailable, ProviderMisconfigured, DecryptionFailed,
-                RateLimited, InternalError)
+                RateLimited, InternalError, Forbidden)
 }
 
 
