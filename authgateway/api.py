@@ -121,7 +121,7 @@ def callback(provider: str):
         return _page("failure", error.status, provider=None, user_email=None, error=error.code,
                      message=error.message)
     return _page("success", 200, provider=result.provider, user_email=result.user_email,
-                 scopes=result.scopes)
+                 scopes=result.scopes, declined=result.declined)
 
 
 def _page(outcome: str, status: int, **context):
@@ -149,13 +149,16 @@ def token():
     if not 0 <= min_valid <= 86400:
         raise InvalidRequestError("The field 'min_valid_seconds' must be between 0 and 86400.")
     force = validation.field(body, "force_refresh", bool, required=False, default=False)
+    scopes = validation.scopes(body.get("scopes"))
     require_scope("token", provider, user_email)
-    here.providers.info(provider)
+    info = here.providers.info(provider)
     try:
         answer = tokens.get_token(user_email, provider, min_valid_seconds=min_valid,
-                                  force_refresh=force)
+                                  force_refresh=force, scopes=scopes)
     except GatewayError as exc:
         metrics.token_answered(provider, exc.code)
+        if exc.auth_required:  # for the sentence a caller shows the person
+            exc.extra["provider_display_name"] = info.display_name
         raise
     audit.token_served(g.api_key_name, user_email, provider)
     body = _TOKEN_JSON.encode({"access_token": answer.access_token,

@@ -94,6 +94,19 @@ class RefreshFailedError(GatewayError):
     )
 
 
+class InsufficientScopeError(GatewayError):
+    """The grant lacks scopes the caller needs; ``missing_scopes`` names them."""
+
+    status, code, auth_required = 403, "insufficient_scope", True
+    default_message = (
+        "The user has not granted every scope this call needs: start a flow with /auth/init "
+        "for the missing scopes."
+    )
+
+    def __init__(self, missing_scopes: list[str], message: str | None = None) -> None:
+        super().__init__(message, missing_scopes=missing_scopes)
+
+
 class ProviderUnavailableError(GatewayError):
     status, code = 502, "provider_unavailable"
     default_message = "The provider could not be reached; the stored credential is unchanged."

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +21,7 @@ from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
 from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
 from .providers import Identity, IdentityError, ProviderError, ProviderInfo, TokenSet
-from .tokens import AccountMismatch, store_credential
+from .tokens import AccountMismatch, granted_scopes, store_credential
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,21 @@ class CallbackSucceeded:
     provider: ProviderInfo
     user_email: str
     scopes: list[str]
+    #: Requested but not granted: the person unticked them on a granular consent screen.
+    declined: list[str]
 
 
 def state_hash(state: str) -> str:
     return hashlib.sha256(state.encode("utf-8")).hexdigest()
 
 
-def requested_scopes(info: ProviderInfo, scopes: list[str] | None) -> list[str]:
-    """The identity scopes first (the gateway must see who signs in), then the caller's."""
-    wanted = [*info.identity_scopes, *(scopes if scopes else info.default_scopes)]
+def requested_scopes(info: ProviderInfo, scopes: list[str] | None,
+                     granted: Iterable[str] = ()) -> list[str]:
+    """The identity scopes first (the gateway must see who signs in), then the caller's, then
+    those already granted: a flow for a user who has a grant asks for the union (incremental
+    authorization), so that the grant it stores covers what the old one did. The old grant
+    stays stored, and keeps working, until the provider's answer replaces it."""
+    wanted = [*info.identity_scopes, *(scopes if scopes else info.default_scopes), *granted]
     return list(dict.fromkeys(wanted))
 
 
@@ -71,7 +77,7 @@ def start_flow(provider: str, user_email: str, scopes: list[str] | None,
     gw.providers.config(provider)  # 503 before anything is stored when it is not configured
     state = generate_token(STATE_LENGTH)
     verifier = generate_token(VERIFIER_LENGTH)
-    all_scopes = requested_scopes(info, scopes)
+    all_scopes = requested_scopes(info, scopes, granted_scopes(user_email, provider))
     auth_url = gw.providers.authorization_url(
         provider,
         state=state,
@@ -244,7 +250,8 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
                              f"This user is connected to another {info.display_name} account. "
                              "Nothing was stored; revoke that connection first to switch "
                              "accounts.", info, user_email) from None
-    return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted)
+    return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted,
+                             declined=info.missing_scopes(granted, requested))
 
 
 def _claim(session: AuthSession) -> bool:

@@ -9,7 +9,7 @@ ERROR_CODES = [
     "invalid_request", "unsupported_provider", "provider_not_configured", "missing_api_key",
     "invalid_api_key", "not_found", "method_not_allowed", "session_not_found",
     "not_authenticated", "refresh_failed", "provider_unavailable", "provider_misconfigured",
-    "decryption_failed", "rate_limited", "internal_error", "forbidden",
+    "decryption_failed", "rate_limited", "internal_error", "forbidden", "insufficient_scope",
 ]
 
 TIME = {"type": "string", "format": "date-time"}
@@ -134,7 +134,10 @@ def _document(version: str) -> dict:
                               "400": _error("invalid_request or unsupported_provider"),
                               "404": _error("not_authenticated"),
                               "401": _error("refresh_failed, or missing_api_key"),
-                              "403": FORBIDDEN,
+                              "403": _error("insufficient_scope: the grant lacks scopes the "
+                                            "call needs (missing_scopes); forbidden: the key's "
+                                            "scope does not cover this provider, user or "
+                                            "operation; or invalid_api_key"),
                               "413": _error("invalid_request: body over 64 KiB"),
                               "429": AUTH_ERRORS["429"],
                               "500": _error("decryption_failed"),
@@ -195,7 +198,16 @@ SCHEMAS = {
                        "message": {"type": "string"},
                        "auth_required": {"type": "boolean"},
                        "retry_after": {"type": "integer", "minimum": 1,
-                                       "description": "With rate_limited: as Retry-After."}}}}},
+                                       "description": "With rate_limited: as Retry-After."},
+                       "missing_scopes": {"type": "array", "items": {"type": "string"},
+                                          "description": "With insufficient_scope: the scopes "
+                                                         "the call asked for that the grant "
+                                                         "does not cover."},
+                       "provider_display_name": {
+                           "type": "string",
+                           "description": "With auth_required on /auth/token: the provider's "
+                                          "name for people (Google), for the sentence that "
+                                          "sends the person to connect it."}}}}},
     "InitRequest": {"type": "object", "required": ["provider", "user_email"], "properties": {
         "provider": PROVIDER, "user_email": EMAIL,
         "scopes": {"type": "array", "items": SCOPE, "maxItems": 100}}},
@@ -212,7 +224,12 @@ SCHEMAS = {
         "provider": PROVIDER, "user_email": EMAIL,
         "min_valid_seconds": {"type": "number", "minimum": 0, "maximum": 86400,
                               "default": 300},
-        "force_refresh": {"type": "boolean", "default": False}}},
+        "force_refresh": {"type": "boolean", "default": False},
+        "scopes": {"type": "array", "items": SCOPE, "maxItems": 100,
+                   "description": "The scopes this call needs; compared with the granted "
+                                  "ones as exact strings, or covered by a scope the provider "
+                                  "declares implies them. Any missing: 403 insufficient_scope, "
+                                  "and nothing is asked of the provider."}}},
     "TokenResponse": {"type": "object", "required": ["access_token", "token_type", "expires_at",
                                                      "scopes"], "properties": {
         "access_token": {"type": "string"}, "token_type": {"type": "string", "const": "Bearer"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 #: Token endpoint errors that are the operator's to fix (RFC 6749 section 5.2 apart from
@@ -54,6 +54,10 @@ class ProviderInfo:
     default_scopes: tuple[str, ...] = ()
     #: Always requested, because the gateway must verify who signed in.
     identity_scopes: tuple[str, ...] = ("openid", "email")
+    #: Scopes that grant others: a grant of the key covers each scope of its value (Google's
+    #: ``.../auth/drive`` covers ``.../auth/drive.readonly``). Scopes are otherwise compared as
+    #: exact strings; see ``missing_scopes``.
+    implied_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     #: ``client_secret_basic`` or ``client_secret_post`` (RFC 6749 section 2.3.1).
     client_auth_method: str = "client_secret_basic"
@@ -83,6 +87,14 @@ class ProviderInfo:
     @property
     def accepted_id_token_issuers(self) -> tuple[str, ...]:
         return self.id_token_issuers or ((self.issuer,) if self.issuer else ())
+
+    def missing_scopes(self, granted: Iterable[str], wanted: Iterable[str]) -> list[str]:
+        """The scopes of ``wanted`` that ``granted`` does not cover, in ``wanted``'s order: by
+        exact string (case and trailing slashes count), or through ``implied_scopes`` (one step:
+        what an implied scope implies in turn is not followed)."""
+        covered = set(granted)
+        covered.update(*(self.implied_scopes.get(scope, ()) for scope in tuple(covered)))
+        return [scope for scope in dict.fromkeys(wanted) if scope not in covered]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .context import gateway
 from .errors import (
     DecryptionFailedError,
     GatewayError,
+    InsufficientScopeError,
     NotAuthenticatedError,
     ProviderMisconfiguredError,
     ProviderUnavailableError,
@@ -99,20 +100,35 @@ def _answer(row: Row) -> AccessToken:
 
 
 def get_token(user_email: str, provider: str, *, min_valid_seconds: float,
-              force_refresh: bool = False) -> AccessToken:
-    """A token valid for at least ``min_valid_seconds``. The common case is one read, no lock:
-    one round trip to the database, outside any transaction (storage.RowReader)."""
+              force_refresh: bool = False, scopes: list[str] | None = None) -> AccessToken:
+    """A token valid for at least ``min_valid_seconds``, whose grant covers ``scopes``. The
+    common case is one read, no lock: one round trip to the database, outside any
+    transaction (storage.RowReader)."""
     row = gateway().reader.first(_SEEN, user_email=user_email, provider=provider)
     if row is None:
         raise NotAuthenticatedError()
     if row.status == NEEDS_REAUTH:
         raise RefreshFailedError()
+    if scopes:
+        _check_scopes(row, scopes)
     if not force_refresh and _valid_for(row, min_valid_seconds):
         answer, how = _answer(row), "cached"
     else:
         answer, how = _refresh(row, min_valid_seconds, force_refresh)
     metrics.token_answered(provider, how)
     return answer
+
+
+def _check_scopes(row: Row, wanted: list[str]) -> None:
+    """Checked on the row already read, before any refresh: a grant that lacks a scope is not
+    made to cover it by asking the provider, only by the person's consent."""
+    info = gateway().providers.info(row.provider)
+    missing = info.missing_scopes(row.scopes.split(), wanted)
+    if missing:
+        raise InsufficientScopeError(missing, (
+            f"The user's {info.display_name} grant lacks {', '.join(missing)}: they were never "
+            "asked for, or the user declined them on the consent screen. Start a flow with "
+            "/auth/init for them; it asks for these together with what is already granted."))
 
 
 def _refresh(seen: Row, min_valid_seconds: float,
@@ -469,6 +485,14 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         audit.record("revoked", actor=api_key_name, user_email=user_email, provider=provider,
                      outcome="ok" if provider_revoked else "local_only", connection=connection)
     return provider_revoked
+
+
+def granted_scopes(user_email: str, provider: str) -> list[str]:
+    """The scopes of the user's stored grant (none without a credential), as the provider
+    granted them."""
+    with db.engine.connect() as connection:
+        row = _read(connection, user_email, provider)
+    return row.scopes.split() if row is not None else []
 
 
 def user_providers(user_email: str) -> list[dict]:

@@ -29,6 +29,7 @@ from authgateway_client import (
     GatewayClient,
     GatewayConnectionError,
     GatewayError,
+    InsufficientScope,
     InvalidApiKey,
     InvalidRequest,
     MissingApiKey,
@@ -294,6 +295,41 @@ def test_get_token_can_start_the_flow_for_the_caller(gw):
     assert gw.auth_status(exc.session_id).pending
     requests.get(exc.auth_url, timeout=10)
     assert CALENDAR in gw.get_token("google", EMAIL).scopes
+
+
+def test_get_token_for_scopes_the_grant_lacks_asks_for_more(gw, google):
+    connect(gw)
+    with pytest.raises(InsufficientScope) as caught:
+        gw.get_token("google", EMAIL, scopes=[CALENDAR, "email"])
+    exc = caught.value
+    assert isinstance(exc, AuthRequired) and exc.reason == "insufficient_scope"
+    assert exc.status == 403 and exc.missing_scopes == [CALENDAR] and exc.auth_url is None
+    assert exc.provider_display_name == "Google"  # the gateway's name for people
+    assert exc.user_message == ("This needs more access to your Google account than you have "
+                                "granted.")
+    refreshes = google.refresh_count
+
+    with pytest.raises(InsufficientScope) as caught:
+        gw.get_token("google", EMAIL, scopes=[CALENDAR], start_auth_if_needed=True)
+    exc = caught.value
+    assert exc.user_message == ("This needs more access to your Google account; open this link "
+                                f"to grant it: {exc.auth_url}")
+    assert "calendar.readonly" in exc.auth_url and "include_granted_scopes=true" in exc.auth_url
+    assert gw.auth_status(exc.session_id).pending
+    old = gw.get_token("google", EMAIL, scopes=["email"])  # the old grant works meanwhile
+    assert CALENDAR not in old.scopes
+    requests.get(exc.auth_url, timeout=10)
+    assert gw.auth_status(exc.session_id).completed
+    assert CALENDAR in gw.get_token("google", EMAIL, scopes=[CALENDAR]).scopes
+    assert google.refresh_count == refreshes
+
+
+def test_not_authenticated_names_the_provider_as_the_gateway_does(gw):
+    with pytest.raises(NotAuthenticated) as caught:
+        gw.get_token("google", EMAIL, scopes=[CALENDAR], start_auth_if_needed=True)
+    exc = caught.value
+    assert exc.reason == "not_authenticated" and exc.missing_scopes == []
+    assert exc.provider_display_name == "Google" and exc.session_id
 
 
 # ---- each error code ---------------------------------------------------------------------------

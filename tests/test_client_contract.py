@@ -24,6 +24,7 @@ from authgateway_client import (
     AuthStatus,
     GatewayError,
     Health,
+    InsufficientScope,
     ProviderConnection,
     RateLimited,
     RevokeResult,
@@ -41,8 +42,10 @@ MODELS = {"InitResponse": AuthFlow, "StatusResponse": AuthStatus, "TokenResponse
 NESTED = {("ProvidersResponse", "providers"): ProviderConnection}
 #: The error body's fields (under "detail") and the exception attribute each lands in.
 ERROR_FIELDS = {"error": "code", "message": "message", "auth_required": "auth_required"}
-#: Fields of the error body that come with one code only, and the class that exposes them.
-ERROR_EXTRAS = {"retry_after": RateLimited}
+#: Fields of the error body that come with some codes only, and a class that exposes them
+#: (provider_display_name comes with every AuthRequired).
+ERROR_EXTRAS = {"retry_after": RateLimited, "missing_scopes": InsufficientScope,
+                "provider_display_name": InsufficientScope}
 STRINGS = {"date-time": "2030-01-02T03:04:05Z", "uuid": str(uuid.uuid4()),
            "uri": "https://provider.example/authorize?state=s", "email": "ada@example.com"}
 

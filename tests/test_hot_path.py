@@ -195,3 +195,18 @@ def test_the_token_read_returns_every_column_as_the_orm_reads_it(make_app):
         assert read.authenticated_at == stored["authenticated_at"]
         assert gateway().reader.first(tokens._SEEN, user_email="nobody@example.com",
                                       provider="google") is None
+
+
+@pytest.mark.parametrize("scopes, status", [(["email", "profile"], 200),
+                                            (["https://www.googleapis.com/auth/drive"], 403)])
+def test_per_call_scopes_are_checked_on_the_row_already_read(wired, scopes, status):
+    """Granted or missing, the scope check costs no round trip beyond the token read."""
+    app, client, wire = wired()
+    for _ in range(WARM_UP_CALLS):
+        assert token(client, scopes=scopes).status_code == status
+    wire.take()
+    answer = token(client, scopes=scopes)
+    assert answer.status_code == status, answer.get_json()
+    trips, said = wire.take()
+    assert trips == 1, f"{trips} round trips for one scoped token call:\n{said}"
+    assert not WRITE.search(said), said

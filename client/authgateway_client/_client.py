@@ -85,12 +85,14 @@ def _auth_status(session_id: str) -> _Call[AuthStatus]:
 
 
 def _get_token(provider: str, user_email: str, min_valid_seconds: float | None,
-               force_refresh: bool) -> _Call[Token]:
+               force_refresh: bool, scopes: Iterable[str] | None) -> _Call[Token]:
     body: dict[str, Any] = {"provider": provider, "user_email": user_email}
     if min_valid_seconds is not None:
         body["min_valid_seconds"] = min_valid_seconds
     if force_refresh:
         body["force_refresh"] = True
+    if scopes is not None:
+        body["scopes"] = list(scopes)
     return _Call("get_token", "POST", "/auth/token", Token.from_json, body,
                  idempotent=not force_refresh)
 
@@ -292,12 +294,16 @@ class GatewayClient(_BaseClient):
     def get_token(self, provider: str, user_email: str, min_valid_seconds: float | None = None,
                   force_refresh: bool = False, start_auth_if_needed: bool = False,
                   scopes: Iterable[str] | None = None) -> Token:
-        """A token valid for ``min_valid_seconds`` (the gateway's buffer when None).
+        """A token valid for ``min_valid_seconds`` (the gateway's buffer when None), whose
+        grant covers ``scopes`` (the scopes this call needs; any grant when None).
 
-        ``AuthRequired`` when the user must (re-)authorize; with ``start_auth_if_needed`` it
-        carries a fresh ``auth_url`` and ``session_id`` (a flow for ``scopes``)."""
+        ``AuthRequired`` when the user must authorize: ``NotAuthenticated``, ``RefreshFailed``,
+        or ``InsufficientScope`` (``missing_scopes`` names what the grant lacks). With
+        ``start_auth_if_needed`` it carries a fresh ``auth_url`` and ``session_id``: a flow for
+        ``scopes``, which the gateway asks for together with what is already granted."""
         try:
-            return self._run(_get_token(provider, user_email, min_valid_seconds, force_refresh))
+            return self._run(_get_token(provider, user_email, min_valid_seconds, force_refresh,
+                                        scopes))
         except AuthRequired as exc:
             exc.provider = provider
             if start_auth_if_needed:
@@ -373,7 +379,7 @@ class AsyncGatewayClient(_BaseClient):
                         scopes: Iterable[str] | None = None) -> Token:
         try:
             return await self._run(_get_token(provider, user_email, min_valid_seconds,
-                                              force_refresh))
+                                              force_refresh, scopes))
         except AuthRequired as exc:
             exc.provider = provider
             if start_auth_if_needed:

@@ -93,11 +93,13 @@ class SessionNotFound(GatewayError):
 
 
 class AuthRequired(GatewayError):
-    """The user must (re-)authorize this provider.
+    """The user must authorize this provider: connect it (``not_authenticated``), connect it
+    again (``refresh_failed``) or grant more scopes (``insufficient_scope``); ``reason`` says
+    which.
 
     ``auth_url`` and ``session_id`` are set when the client started the flow for the caller
     (``get_token(..., start_auth_if_needed=True)``); ``user_message`` is then the sentence to
-    show the person."""
+    show the person, naming the provider as the gateway names it for people."""
 
     code, auth_required = "auth_required", True
     auth_url: str | None = None
@@ -105,8 +107,31 @@ class AuthRequired(GatewayError):
     provider: str | None = None
 
     @property
+    def reason(self) -> str:
+        """The wire code: ``not_authenticated``, ``refresh_failed`` or ``insufficient_scope``."""
+        return self.code
+
+    @property
+    def missing_scopes(self) -> list[str]:
+        """The scopes the call needs that the grant lacks (``insufficient_scope`` only)."""
+        value = self.detail.get("missing_scopes")
+        return [scope for scope in value if isinstance(scope, str)] if isinstance(value, list) \
+            else []
+
+    @property
+    def provider_display_name(self) -> str | None:
+        """The provider's name for people (``Google``), as the gateway said it."""
+        value = self.detail.get("provider_display_name")
+        return value if isinstance(value, str) else None
+
+    @property
     def user_message(self) -> str:
-        name = self.provider.capitalize() if self.provider else "provider"
+        name = self.provider_display_name or self.provider or "provider"
+        if self.missing_scopes:
+            if self.auth_url is None:
+                return f"This needs more access to your {name} account than you have granted."
+            return (f"This needs more access to your {name} account; open this link to grant "
+                    f"it: {self.auth_url}")
         if self.auth_url is None:
             return f"Your {name} account is not connected (or no longer works); connect it again."
         return f"Open this link to connect your {name} account: {self.auth_url}"
@@ -122,6 +147,13 @@ class RefreshFailed(AuthRequired):
     """The provider no longer accepts the user's grant; the gateway dropped its tokens."""
 
     code, status = "refresh_failed", 401
+
+
+class InsufficientScope(AuthRequired):
+    """The grant lacks scopes the call asked for (``missing_scopes``): the person must grant
+    them; the gateway asked the provider nothing."""
+
+    code, status = "insufficient_scope", 403
 
 
 class ProviderUnavailable(GatewayError):
@@ -184,8 +216,8 @@ ERROR_CLASSES: dict[str, type[GatewayError]] = {
     cls.code: cls
     for cls in (InvalidRequest, UnsupportedProvider, ProviderNotConfigured, MissingApiKey,
                 InvalidApiKey, NotFound, MethodNotAllowed, SessionNotFound, NotAuthenticated,
-                RefreshFailed, ProviderUnavailable, ProviderMisconfigured, DecryptionFailed,
-                RateLimited, InternalError, Forbidden)
+                RefreshFailed, InsufficientScope, ProviderUnavailable, ProviderMisconfigured,
+                DecryptionFailed, RateLimited, InternalError, Forbidden)
 }
 
 

@@ -35,6 +35,10 @@ AUTHORIZE_PATH = "/o/oauth2/v2/auth"
 TOKEN_PATH = "/token"
 REVOKE_PATH = "/revoke"
 USERINFO_PATH = "/v1/userinfo"
+DRIVE_ABOUT_PATH = "/drive/v3/about"
+#: Either lets a token read Drive's "about" (the user and the storage quota).
+DRIVE_READ_SCOPES = {"https://www.googleapis.com/auth/drive",
+                     "https://www.googleapis.com/auth/drive.readonly"}
 JWKS_PATH = "/oauth2/v3/certs"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -592,6 +596,24 @@ class FakeGoogle:
                 info["hd"] = a.hd
         return _json(200, info)
 
+    def _drive_about(self, headers: Any) -> _Response:
+        """Drive's about resource: 401 without a live token, 403 insufficientPermissions (as
+        Google answers) when the grant lacks a Drive scope."""
+        auth = headers.get("Authorization", "")
+        tok = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        with self._lock:
+            g = self._by_access.get(tok) if tok and self.token_is_live(tok) else None
+            if g is None:
+                return _json(401, {"error": {"code": 401, "message": "Invalid Credentials"}})
+            if not DRIVE_READ_SCOPES & set(g.scopes):
+                return _json(403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                             "message": "Request had insufficient "
+                                                        "authentication scopes."}})
+            return _json(200, {"user": {"displayName": g.account.name,
+                                        "emailAddress": g.account.email},
+                               "storageQuota": {"limit": "16106127360",
+                                                "usage": "1073741824"}})
+
     def _jwks(self) -> _Response:
         with self._lock:
             keys = [k.as_dict(private=False) for k in self._keys]
@@ -647,6 +669,7 @@ class FakeGoogle:
             ("POST", TOKEN_PATH): lambda: self._token(form or {}, headers),
             ("POST", REVOKE_PATH): lambda: self._revoke(form or {}, headers),
             ("GET", USERINFO_PATH): lambda: self._userinfo(headers),
+            ("GET", DRIVE_ABOUT_PATH): lambda: self._drive_about(headers),
             ("GET", JWKS_PATH): self._jwks,
             ("GET", DISCOVERY_PATH): self._discovery,
         }

@@ -6,6 +6,17 @@ from __future__ import annotations
 from authgateway import ProviderInfo, hookimpl
 
 ISSUER = "https://accounts.google.com"
+API = "https://www.googleapis.com/auth/"
+#: What a granted Google scope covers besides itself. Google answers ``email`` and ``profile``
+#: with their ``userinfo`` names; a full-access scope covers its read-only one.
+IMPLIED_SCOPES = {
+    API + "userinfo.email": ("email",),
+    API + "userinfo.profile": ("profile",),
+    API + "drive": (API + "drive.readonly",),
+    API + "calendar": (API + "calendar.readonly",),
+    API + "spreadsheets": (API + "spreadsheets.readonly",),
+    API + "gmail.modify": (API + "gmail.readonly",),
+}
 ENDPOINTS = {
     "AUTHORIZE_URL": "https://accounts.google.com/o/oauth2/v2/auth",
     "TOKEN_URL": "https://oauth2.googleapis.com/token",
@@ -34,6 +45,7 @@ def authgateway_register_providers(settings) -> list[ProviderInfo]:
             issuer=issuer,
             id_token_issuers=id_token_issuers,
             default_scopes=("openid", "email", "profile"),
+            implied_scopes=IMPLIED_SCOPES,
             extra_authorize_params={
                 "access_type": "offline",
                 "prompt": "consent",
