@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The gateway's image. Wheels for the core, the first-party plugins and every dependency are built
-# in a throwaway stage; the final stage installs them and has no compiler.
+# and installed into a virtual environment in a throwaway stage; the final stage copies that
+# environment and has no compiler, no wheels and no build cache.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -15,6 +16,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN pip wheel --wheel-dir /wheels . ./plugins/*
+# Copied whole into the final stage: a COPY --from is cached by what it copies, whereas builders
+# (buildah among them) may reuse a RUN that only mounts another stage after that stage changed.
+RUN python -m venv --without-pip /opt/authgateway \
+ && pip --python /opt/authgateway/bin/python install --no-index --find-links=/wheels \
+      /wheels/*.whl
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,14 +30,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     AUTH_GATEWAY_INSTANCE_PATH=/app/instance \
-    AUTH_GATEWAY_MIGRATIONS_DIR=/app/migrations
+    AUTH_GATEWAY_MIGRATIONS_DIR=/app/migrations \
+    PATH=/opt/authgateway/bin:$PATH
 RUN groupadd --system --gid 10001 authgateway \
  && useradd --system --uid 10001 --gid authgateway --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin authgateway
 WORKDIR /app
-# The wheels are mounted, not copied, so that no layer keeps them.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/*.whl
+COPY --from=builder /opt/authgateway /opt/authgateway
 COPY migrations ./migrations
 COPY --chmod=755 scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 RUN mkdir instance && chown authgateway:authgateway instance

@@ -59,3 +59,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
+
+# The container image (authgateway:local; IMAGE=name:tag to change): docker when its daemon
+# answers, else podman on a base made from Debian's packages (scripts/build_image.sh).
+.PHONY: image
+image:
+	scripts/build_image.sh
