@@ -219,9 +219,9 @@ def _check_identity(session: AuthSession, info: ProviderInfo, identity: Identity
     """The account that signed in must have the session's email, verified by the provider."""
     if session.user_email not in {email.strip().lower() for email in identity.proven_emails}:
         _fail(session, "email_mismatch")
-        raise CallbackFailed(403, "email_mismatch",
-                             "You signed in with a different account than the one this "
-                             "connection was started for. Nothing was stored.", info,
+        why = (identity.unproven_reason or "You signed in with a different account than the "
+               "one this connection was started for.")
+        raise CallbackFailed(403, "email_mismatch", why + " Nothing was stored.", info,
                              session.user_email)
 
 

@@ -7,13 +7,8 @@ The token endpoint and authorize URL pieces are public in ``authgateway.standard
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 import requests
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from . import standard
 from .hookspecs import hookimpl
@@ -26,8 +21,6 @@ from .providers import (
 )
 
 log = logging.getLogger(__name__)
-
-ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
 @hookimpl(trylast=True)
@@ -93,7 +86,7 @@ def authgateway_fetch_identity(
     provider: ProviderInfo, config: ProviderConfig, tokens: TokenSet
 ) -> Identity:
     if tokens.id_token and provider.jwks_url:
-        claims = _verify_id_token(provider, config, tokens.id_token)
+        claims = standard.verify_id_token(provider, config, tokens.id_token)
         if not claims.get("email") and provider.userinfo_url:
             # OIDC Core 5.4: a provider may keep the email claims for userinfo, whose answer
             # counts only for the subject the id_token names (5.3.2).
@@ -130,60 +123,3 @@ def _userinfo(provider: ProviderInfo, config: ProviderConfig, access_token: str)
     if not isinstance(claims, dict):
         raise IdentityError(f"{provider.name} userinfo is not a JSON object")
     return claims
-
-
-def _verify_id_token(provider: ProviderInfo, config: ProviderConfig, id_token: str) -> dict:
-    try:
-        try:
-            token = jwt.decode(id_token, _jwks.get(provider.jwks_url, config.timeout),
-                               algorithms=ID_TOKEN_ALGORITHMS)
-        except (ValueError, JoseError):
-            # The provider may have rotated its signing key since we cached its JWKS.
-            keys = _jwks.get(provider.jwks_url, config.timeout, refresh=True)
-            token = jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGORITHMS)
-        jwt.JWTClaimsRegistry(
-            leeway=60,
-            iss={"essential": True, "values": list(provider.accepted_id_token_issuers)},
-            aud={"essential": True, "value": config.client_id},
-            exp={"essential": True},
-            sub={"essential": True},
-        ).validate(token.claims)
-    except (ValueError, JoseError) as exc:
-        raise IdentityError(
-            f"{provider.name} id_token did not verify: {type(exc).__name__}"
-        ) from exc
-    return token.claims
-
-
-class _JWKSCache:
-    """Signing keys per JWKS URL, kept for the Cache-Control max-age the provider sends."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[KeySet, float]] = {}
-
-    def get(self, url: str, timeout: float, refresh: bool = False) -> KeySet:
-        with self._lock:
-            entry = self._entries.get(url)
-        if entry and not refresh and entry[1] > time.monotonic():
-            return entry[0]
-        try:
-            response = requests.get(url, timeout=timeout)
-            response.raise_for_status()
-            keys = KeySet.import_key_set(response.json())
-        except (requests.RequestException, ValueError, JoseError) as exc:
-            raise IdentityError(f"the JWKS at {url} could not be loaded") from exc
-        with self._lock:
-            self._entries[url] = (keys, time.monotonic() + _max_age(response))
-        return keys
-
-
-def _max_age(response: requests.Response, default: int = 3600) -> int:
-    for part in response.headers.get("Cache-Control", "").split(","):
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "max-age" and value.isdigit():
-            return int(value)
-    return default
-
-
-_jwks = _JWKSCache()

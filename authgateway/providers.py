@@ -135,6 +135,10 @@ class Identity:
     email: str | None = None
     email_verified: bool = False
     verified_emails: tuple[str, ...] = ()
+    #: One sentence for the person, shown when the flow fails because no email is proven:
+    #: why the provider's word does not count here (an address its provider does not verify).
+    #: Never a token, a claim value or anything the provider wrote.
+    unproven_reason: str | None = None
 
     @property
     def proven_emails(self) -> tuple[str, ...]:

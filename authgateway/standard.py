@@ -3,19 +3,28 @@ authentication, the token endpoint call and the reading of its answer.
 
 The core's default plugin (``authgateway.oauth2``) is built on these, so a plugin whose provider
 differs in one respect calls them for the rest. None of them is a hook: importing them into a
-plugin module registers nothing. Every failure is raised as a ``ProviderError`` subclass whose
-``code`` is safe to store and show; no token, secret or response body is ever in a message.
+plugin module registers nothing. ``verify_id_token`` checks an OpenID Connect id_token against
+the provider's JWKS, for a plugin that reads claims the standard identity ignores.
+
+Every failure is raised as a ``ProviderError`` subclass whose ``code`` is safe to store and
+show; no token, secret or response body is ever in a message.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, quote, urlencode
 
 import requests
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
 from .providers import (
+    IdentityError,
     InvalidGrant,
     ProviderConfig,
     ProviderError,
@@ -35,7 +44,10 @@ __all__ = [
     "refresh_token",
     "token_error",
     "token_request",
+    "verify_id_token",
 ]
+
+ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
 def authorization_url(
@@ -197,3 +209,73 @@ def _seconds(provider: ProviderInfo, value: object) -> int | None:
 def _scopes(scope: str, separator: str | None) -> tuple[str, ...]:
     parts = scope.split(separator) if separator else scope.split()
     return tuple(part.strip() for part in parts if part.strip())
+
+
+def verify_id_token(
+    provider: ProviderInfo,
+    config: ProviderConfig,
+    id_token: str,
+    *,
+    issuers: Callable[[Mapping], Iterable[str]] | None = None,
+) -> dict:
+    """The claims of an id_token whose signature verifies against ``provider.jwks_url`` and
+    whose ``aud`` is our client id, ``exp`` is in the future and ``iss`` is accepted; else
+    ``IdentityError``. ``iss`` must be one of ``provider.accepted_id_token_issuers``, or, when
+    ``issuers`` is given, one of what it returns for the (signature-checked) claims: a provider
+    whose issuer names the signed-in account's tenant says so there."""
+    try:
+        try:
+            token = jwt.decode(id_token, _jwks.get(provider.jwks_url, config.timeout),
+                               algorithms=ID_TOKEN_ALGORITHMS)
+        except (ValueError, JoseError):
+            # The provider may have rotated its signing key since we cached its JWKS.
+            keys = _jwks.get(provider.jwks_url, config.timeout, refresh=True)
+            token = jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGORITHMS)
+        accepted = (issuers(token.claims) if issuers is not None
+                    else provider.accepted_id_token_issuers)
+        jwt.JWTClaimsRegistry(
+            leeway=60,
+            iss={"essential": True, "values": list(accepted)},
+            aud={"essential": True, "value": config.client_id},
+            exp={"essential": True},
+            sub={"essential": True},
+        ).validate(token.claims)
+    except (ValueError, JoseError) as exc:
+        raise IdentityError(
+            f"{provider.name} id_token did not verify: {type(exc).__name__}"
+        ) from exc
+    return token.claims
+
+
+class _JWKSCache:
+    """Signing keys per JWKS URL, kept for the Cache-Control max-age the provider sends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[KeySet, float]] = {}
+
+    def get(self, url: str, timeout: float, refresh: bool = False) -> KeySet:
+        with self._lock:
+            entry = self._entries.get(url)
+        if entry and not refresh and entry[1] > time.monotonic():
+            return entry[0]
+        try:
+            response = requests.get(url, timeout=timeout)
+            response.raise_for_status()
+            keys = KeySet.import_key_set(response.json())
+        except (requests.RequestException, ValueError, JoseError) as exc:
+            raise IdentityError(f"the JWKS at {url} could not be loaded") from exc
+        with self._lock:
+            self._entries[url] = (keys, time.monotonic() + _max_age(response))
+        return keys
+
+
+def _max_age(response: requests.Response, default: int = 3600) -> int:
+    for part in response.headers.get("Cache-Control", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "max-age" and value.isdigit():
+            return int(value)
+    return default
+
+
+_jwks = _JWKSCache()

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from sqlalchemy import UniqueConstraint, update
 
-from authgateway import audit, create_app, oauth2
+from authgateway import audit, create_app, standard
 from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
 from tests.conftest import HEADERS, base_config, empty_tables, in_ci
@@ -316,7 +316,7 @@ def test_the_jwks_cache_is_per_process_and_fetched_again_for_an_unknown_key(make
         return sum(1 for _method, path in google.requests if path.startswith(JWKS_PATH))
 
     first, second = make_app().test_client(), make_app().test_client()
-    oauth2._jwks._entries.clear()
+    standard._jwks._entries.clear()
     connect(first)
     connect(second, "bob@example.com")
     assert fetches() == 1
