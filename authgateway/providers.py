@@ -119,6 +119,11 @@ class TokenSet:
     refresh_token: str | None = field(default=None, repr=False)
     scopes: tuple[str, ...] | None = None
     id_token: str | None = field(default=None, repr=False)
+    #: What the caller needs beside the token about the account, as the provider says it now
+    #: (Slack's team, Notion's workspace, Atlassian's sites): JSON-serialisable, never a token
+    #: or secret. When a refresh answers it, it replaces what the credential stored; None
+    #: keeps what was stored.
+    account: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,9 @@ class Identity:
     #: why the provider's word does not count here (an address its provider does not verify).
     #: Never a token, a claim value or anything the provider wrote.
     unproven_reason: str | None = None
+    #: What the caller needs beside the token about the account (see ``TokenSet.account``),
+    #: stored with the credential when the flow completes and returned with its tokens.
+    account: Mapping[str, object] | None = None
 
     @property
     def proven_emails(self) -> tuple[str, ...]:
