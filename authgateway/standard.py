@@ -13,6 +13,7 @@ show; no token, secret or response body is ever in a message.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from .errors import ConfigError
 from .providers import (
     IdentityError,
     InvalidGrant,
@@ -39,6 +41,7 @@ __all__ = [
     "client_authentication",
     "error_code",
     "exchange_code",
+    "listed_provider_names",
     "parse_token_answer",
     "read_answer",
     "refresh_token",
@@ -46,6 +49,31 @@ __all__ = [
     "token_request",
     "verify_id_token",
 ]
+
+PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def listed_provider_names(listed: object, setting: str, example: str) -> list[str]:
+    """The provider names an operator listed in ``setting`` (comma-separated, or a list), in
+    lower case, each once. A name prefixes its provider's settings, so anything but letters,
+    digits and underscores stops startup with a sentence showing ``example``
+    (``"acme -> ACME_TOKEN_URL"``)."""
+    parts = listed if isinstance(listed, (list, tuple)) else str(listed or "").split(",")
+    names: list[str] = []
+    for part in parts:
+        name = str(part).strip().lower()
+        if not name:
+            continue
+        if not PROVIDER_NAME.match(name):
+            raise ConfigError(
+                f"{setting} lists {part!r}, which is not a provider name: use letters, digits "
+                f"and underscores, starting with a letter (it prefixes its settings, e.g. "
+                f"{example})."
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
 
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 

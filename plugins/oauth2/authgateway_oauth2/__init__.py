@@ -28,11 +28,11 @@ from authgateway import (
     hookimpl,
 )
 from authgateway.errors import ConfigError
+from authgateway.standard import listed_provider_names
 
 log = logging.getLogger(__name__)
 
 PROVIDERS_SETTING = "AUTH_GATEWAY_OAUTH2_PROVIDERS"
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: How ``scope`` in the token endpoint's answer separates scopes.
 SCOPE_SEPARATORS = {"space": None, "comma": ","}
@@ -58,25 +58,9 @@ class OAuth2Info(ProviderInfo):
 def authgateway_register_providers(settings) -> list[ProviderInfo]:
     # The app config holds AUTH_GATEWAY_* environment variables without their prefix.
     listed = settings.get(PROVIDERS_SETTING) or settings.get("OAUTH2_PROVIDERS")
-    return [provider(name, settings) for name in provider_names(listed)]
+    return [provider(name, settings) for name in listed_provider_names(
+        listed, PROVIDERS_SETTING, "acme -> ACME_TOKEN_URL")]
 
-
-def provider_names(listed: object) -> list[str]:
-    parts = listed if isinstance(listed, (list, tuple)) else str(listed or "").split(",")
-    names = []
-    for part in parts:
-        name = str(part).strip().lower()
-        if not name:
-            continue
-        if not NAME.match(name):
-            raise ConfigError(
-                f"{PROVIDERS_SETTING} lists {part!r}, which is not a provider name: use letters, "
-                "digits and underscores, starting with a letter (it prefixes its settings, "
-                "e.g. acme -> ACME_TOKEN_URL)."
-            )
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def provider(name: str, settings) -> OAuth2Info:

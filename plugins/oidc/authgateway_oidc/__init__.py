@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from urllib.parse import parse_qsl, urlsplit
 
 from authgateway import ProviderInfo, hookimpl
 from authgateway.errors import ConfigError
+from authgateway.standard import listed_provider_names
 
 log = logging.getLogger(__name__)
 
 PROVIDERS_SETTING = "AUTH_GATEWAY_OIDC_PROVIDERS"
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 DEFAULT_SCOPES = ("openid", "email", "profile")
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: The gateway sets these itself on every authorization request.
@@ -30,25 +29,9 @@ RESERVED_PARAMS = frozenset({"client_id", "redirect_uri", "response_type", "scop
 def authgateway_register_providers(settings) -> list[ProviderInfo]:
     # The app config holds AUTH_GATEWAY_* environment variables without their prefix.
     listed = settings.get(PROVIDERS_SETTING) or settings.get("OIDC_PROVIDERS")
-    return [provider(name, settings) for name in provider_names(listed)]
+    return [provider(name, settings) for name in listed_provider_names(
+        listed, PROVIDERS_SETTING, "keycloak -> KEYCLOAK_ISSUER")]
 
-
-def provider_names(listed: object) -> list[str]:
-    parts = listed if isinstance(listed, (list, tuple)) else str(listed or "").split(",")
-    names = []
-    for part in parts:
-        name = str(part).strip().lower()
-        if not name:
-            continue
-        if not NAME.match(name):
-            raise ConfigError(
-                f"{PROVIDERS_SETTING} lists {part!r}, which is not a provider name: use letters, "
-                "digits and underscores, starting with a letter (it prefixes its settings, "
-                "e.g. keycloak -> KEYCLOAK_ISSUER)."
-            )
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def provider(name: str, settings) -> ProviderInfo:
