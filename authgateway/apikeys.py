@@ -51,7 +51,10 @@ class Scope:
         if self.users is not None:
             # One regular expression for all patterns, so a check is one match.
             joined = "|".join(f"(?:{fnmatch.translate(p)})" for p in self.users)
-            object.__setattr__(self, "_user_match", re.compile(joined, re.IGNORECASE))
+            # ASCII letters only ignore case (authgateway.emails): in Unicode mode IGNORECASE
+            # lets "k" match the Kelvin sign.
+            object.__setattr__(self, "_user_match",
+                               re.compile(joined, re.IGNORECASE | re.ASCII))
 
     @property
     def unlimited(self) -> bool:

@@ -15,7 +15,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from sqlalchemy import Connection, select, update
 
-from . import audit
+from . import audit, emails
 from .context import gateway
 from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
@@ -70,11 +70,19 @@ def requested_scopes(info: ProviderInfo, scopes: list[str] | None,
     return list(dict.fromkeys(wanted))
 
 
+def check_startable(provider: str) -> ProviderInfo:
+    """The provider, installed (else 404) and configured (else 503): checked before a flow is
+    counted against its key's budget or anything is stored."""
+    providers = gateway().providers
+    info = providers.info(provider)
+    providers.config(provider)
+    return info
+
+
 def start_flow(provider: str, user_email: str, scopes: list[str] | None,
                api_key_name: str | None) -> StartedFlow:
     gw = gateway()
-    info = gw.providers.info(provider)
-    gw.providers.config(provider)  # 503 before anything is stored when it is not configured
+    info = check_startable(provider)
     state = generate_token(STATE_LENGTH)
     verifier = generate_token(VERIFIER_LENGTH)
     all_scopes = requested_scopes(info, scopes, granted_scopes(user_email, provider))
@@ -217,7 +225,7 @@ def _exchange(session: AuthSession, info: ProviderInfo, code: str) -> tuple[Toke
 
 def _check_identity(session: AuthSession, info: ProviderInfo, identity: Identity) -> None:
     """The account that signed in must have the session's email, verified by the provider."""
-    if session.user_email not in {email.strip().lower() for email in identity.proven_emails}:
+    if not any(emails.same(session.user_email, email) for email in identity.proven_emails):
         _fail(session, "email_mismatch")
         why = (identity.unproven_reason or "You signed in with a different account than the "
                "one this connection was started for.")

@@ -238,6 +238,23 @@ def test_the_body_limit_is_the_apis_64_kib(direct):
         connection.close()
 
 
+def test_a_valid_key_is_answered_from_an_address_that_sent_wrong_keys(direct):
+    """25 wrong keys from one address, past the default 20 a minute: its valid key is answered
+    as quickly as anyone's, and its 26th wrong key is still refused."""
+    port, guesser = direct.port, "127.0.0.4"
+    statuses = [ask_token(port, guesser, key=f"wrong-key-{n:02}-" + "x" * 20)[0]
+                for n in range(25)]
+    assert statuses == [403] * 20 + [429] * 5
+    times = []
+    for _ in range(10):
+        status, body, _headers, elapsed = ask_token(port, guesser)
+        assert (status, body["detail"]["error"]) == (404, "not_authenticated")
+        times.append(elapsed)
+    assert ask_token(port, guesser, key="wrong-key-26-" + "x" * 20)[0] == 429
+    times.sort()
+    assert times[-2] < 0.5, f"the valid key took {times[-2] * 1000:.1f} ms (second worst of 10)"
+
+
 # ---- behind Debian's nginx, with deploy/nginx as shipped ---------------------------------------
 
 def nginx_binary() -> str:
@@ -357,13 +374,18 @@ def test_behind_nginx_the_gateway_sees_each_clients_own_address(proxied):
     """The wrong-key limit (3 a minute here) counts per address: CLIENT's wrong keys get it
     blocked, and neither OTHER_CLIENT nor a forged X-Forwarded-For from CLIENT changes that."""
     port = proxied.port
-    statuses = [ask_token(port, CLIENT, key="wrong-key-" + "x" * 20)[0] for _ in range(4)]
+    wrong = "wrong-key-" + "x" * 20
+    statuses = [ask_token(port, CLIENT, key=wrong)[0] for _ in range(4)]
     assert statuses == [403, 403, 403, 429]
-    status, body, headers, _ = ask_token(port, CLIENT, headers={"X-Forwarded-For": OTHER_CLIENT})
+    status, body, headers, _ = ask_token(port, CLIENT, key=wrong,
+                                         headers={"X-Forwarded-For": OTHER_CLIENT})
     assert status == 429 and body["detail"]["error"] == "rate_limited"
     assert "X-Request-ID" in headers
-    status, body, _headers, _ = ask_token(port, OTHER_CLIENT)
-    assert (status, body["detail"]["error"]) == (404, "not_authenticated")
+    assert ask_token(port, OTHER_CLIENT, key=wrong)[0] == 403
+    # A valid key is never refused for what wrong keys did, from either address.
+    for source in (CLIENT, OTHER_CLIENT):
+        status, body, _headers, _ = ask_token(port, source)
+        assert (status, body["detail"]["error"]) == (404, "not_authenticated")
 
 
 def test_the_commented_tls_lines_serve_https_once_a_certificate_is_there(proxied, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 from sqlalchemy import select, update
 
@@ -128,6 +129,45 @@ def test_signing_in_as_someone_else_fails_with_email_mismatch(client, app, googl
     with app.app_context():
         assert db.session.scalar(select(Credential)) is None
     assert token(client).status_code == 404
+
+
+def test_the_kelvin_sign_does_not_sign_in_as_a_k(client, app, google):
+    """str.lower() folds the Kelvin sign (U+212A) into "k": an account signed in as
+    "\u212aate@example.com" is not kate@example.com."""
+    google.next_account = Account(email="\u212aate@example.com", sub="1001")
+    flow = start(client, "kate@example.com")
+    page = client.get(consent(flow["auth_url"]))
+    assert page.status_code == 403 and "Nothing was stored" in page.get_data(as_text=True)
+    status = client.get(f"/auth/status/{flow['session_id']}", headers=HEADERS).get_json()
+    assert status["error"] == "email_mismatch"
+    with app.app_context():
+        assert db.session.scalar(select(Credential)) is None
+    assert token(client, "kate@example.com").status_code == 404
+
+
+def test_an_upper_case_ascii_email_from_the_provider_still_matches(client, google):
+    google.next_account = Account(email="Kate@Example.COM", sub="1001")
+    connect(client, "kate@example.com")
+    assert token(client, "kate@example.com").status_code == 200
+
+
+@pytest.mark.parametrize("email", ["\u212aate@example.com", "ro\u017fe@example.com",
+                                   "\u0130da@example.com", "stra\u00dfe@example.com",
+                                   "ada@\u212aexample.com"])
+def test_emails_that_change_case_into_ascii_are_refused_at_init(client, email):
+    answer = client.post("/auth/init", json={"provider": "google", "user_email": email},
+                         headers=HEADERS)
+    assert answer.status_code == 400
+    assert "Kelvin" in answer.get_json()["detail"]["message"]
+
+
+def test_only_ascii_letters_ignore_case(client, google):
+    """Other characters are kept as written: a flow for \u00c4da@example.com is not one for
+    \u00e4da@example.com."""
+    flow = start(client, "\u00c4da@Example.com")
+    assert flow["auth_url"]
+    status = client.get(f"/auth/status/{flow['session_id']}", headers=HEADERS).get_json()
+    assert status["user_email"] == "\u00c4da@example.com"
 
 
 def test_an_unverified_email_is_not_accepted(client, app, google):
