@@ -255,6 +255,26 @@ def test_a_valid_key_is_answered_from_an_address_that_sent_wrong_keys(direct):
     assert times[-2] < 0.5, f"the valid key took {times[-2] * 1000:.1f} ms (second worst of 10)"
 
 
+def test_a_request_cannot_forge_a_log_line(gateway_env, tmp_path):
+    """At DEBUG the access log writes each request's decoded path: its control characters are
+    written as escapes, so a path cannot start a line of its own or drive a terminal."""
+    requests_sent = (b"/nothing%0A2026-12-04%2015:00:00,000%20WARNING%20forged",
+                     b"/nothing%0D%1B%5B2K%1B%5B31mred%1B%5B0m%E2%80%AE")
+    with serve(gateway_env, tmp_path, AUTH_GATEWAY_LOG_LEVEL="DEBUG") as served:
+        for path in requests_sent:
+            with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: gateway\r\n"
+                          b"Connection: close\r\n\r\n")
+                assert read_head(s).startswith(b"HTTP/1.1 404")
+    log = (tmp_path / "gateway.log").read_bytes().decode()  # every "\r" as written
+    forged = [line for line in log.splitlines() if "forged" in line]
+    assert len(forged) == 1, forged
+    assert "GET /nothing\\n2026-12-04 15:00:00,000 WARNING forged 404" in forged[0]
+    assert not any(line.startswith("2026-12-04") for line in log.splitlines())
+    assert "\x1b" not in log and "\r" not in log and "\u202e" not in log
+    assert "GET /nothing\\r\\x1b[2K\\x1b[31mred\\x1b[0m\\u202e 404" in log
+
+
 # ---- behind Debian's nginx, with deploy/nginx as shipped ---------------------------------------
 
 def nginx_binary() -> str:
