@@ -63,11 +63,12 @@ def init_app(app: Flask) -> None:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record: the current request's, or ``-`` outside one."""
+    """Adds ``request_id`` to every record: the current request's; outside one, the id the
+    log call gave in ``extra``, else ``-``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = (request.environ.get(ENVIRON_REQUEST_ID, "-")
-                             if has_request_context() else "-")
+                             if has_request_context() else getattr(record, "request_id", "-"))
         return True
 
 
@@ -165,6 +166,11 @@ class _IdSource:
 
 
 _ids = _IdSource()
+
+
+def new_request_id() -> str:
+    """An id for an answer no request id was made for (one waitress makes itself)."""
+    return _ids.next()
 
 
 class RequestIds:

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from authgateway.headers import SECURITY_HEADERS
+from authgateway.log_setup import REQUEST_ID
 from tests.conftest import API_KEY, ENCRYPTION_KEY, free_port, in_ci, served_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,6 +224,34 @@ def test_an_oversized_content_length_is_refused_before_the_body_is_read(direct):
             pass
         assert open_temporary_files(direct.pid, direct.tmpdir) == []
     assert list(direct.tmpdir.iterdir()) == []
+
+
+def assert_hardened(head: bytes) -> None:
+    """The answer's head carries the security headers of every answer and an X-Request-ID."""
+    fields = {}
+    for line in head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    for name, value in SECURITY_HEADERS:
+        assert fields.get(name.lower()) == value, (name, head)
+    assert REQUEST_ID.fullmatch(fields.get("x-request-id", "")), head
+
+
+@pytest.mark.parametrize(("sent", "status"), [
+    (b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+     b"431"),
+    (b"POST /auth/token HTTP/1.1\r\nHost: gateway\r\nContent-Length: 12x\r\n\r\n", b"400"),
+    (b"POST /auth/token HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % HUGE,
+     b"413"),
+])
+def test_waitress_own_refusals_carry_the_gateways_headers(direct, sent, status):
+    """What waitress answers before the app runs has the headers of every other answer."""
+    with socket.create_connection(("127.0.0.1", direct.port), timeout=10) as s:
+        s.sendall(sent)
+        head = read_head(s)
+    # HTTP/1.0 when waitress could not read the request's version.
+    assert head.startswith(b"HTTP/1.") and head.split(b" ")[1] == status, head[:200]
+    assert_hardened(head)
 
 
 def test_the_body_limit_is_the_apis_64_kib(direct):
