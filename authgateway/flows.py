@@ -15,7 +15,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from sqlalchemy import Connection, select, update
 
-from . import audit, emails
+from . import audit, emails, rotation
 from .context import gateway
 from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
@@ -109,7 +109,22 @@ def start_flow(provider: str, user_email: str, scopes: list[str] | None,
     db.session.add(session)
     audit.record("flow_started", actor=api_key_name, user_email=user_email, provider=provider)
     db.session.commit()
+    if gw.flow_purge.due():
+        _purge_expired_flows()
     return StartedFlow(auth_url=auth_url, session_id=session.id, expires_at=expires_at)
+
+
+def _purge_expired_flows() -> None:
+    """A bounded purge of long-expired flows, after this flow is committed: a failure costs
+    the purge, never the flow."""
+    try:
+        purged = rotation.purge_some_sessions()
+    except Exception:
+        log.warning("purging expired flows failed; a flow started a minute later tries again",
+                    exc_info=True)
+        return
+    if purged:
+        log.info("purged %d flows that expired more than a day ago", purged)
 
 
 def session_status(session_id: str,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
+from authgateway.context import Every, gateway
 from authgateway.extensions import db
 from authgateway.models import AuthSession, Credential, utcnow
 from tests.conftest import HEADERS
@@ -238,3 +241,39 @@ def test_a_new_flow_replaces_the_credential(client, google):
 def test_the_callback_for_an_unknown_provider_is_a_404_page(client):
     page = client.get("/auth/callback/nope?state=x&code=y")
     assert page.status_code == 404 and page.mimetype == "text/html"
+
+
+def _expired_flows(app, count: int, ago: timedelta) -> set[str]:
+    """``count`` pending flows that expired ``ago``."""
+    now, ids = utcnow(), [str(uuid.uuid4()) for _ in range(count)]
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(insert(AuthSession.__table__), [dict(
+            id=session_id, state_hash=hashlib.sha256(session_id.encode()).hexdigest(),
+            code_verifier_encrypted="x", key_id="old", user_email="someone@example.com",
+            provider="google", scopes="", status="pending", created_at=now - ago,
+            expires_at=now - ago) for session_id in ids])
+    return set(ids)
+
+
+def _flows(app) -> set[str]:
+    with app.app_context():
+        return set(db.session.scalars(select(AuthSession.id)))
+
+
+def test_flows_expired_over_a_day_ago_are_purged_by_the_server(app, client, google):
+    """The first /auth/init of a minute deletes at most 100 of them, oldest first; the next
+    ones in that minute delete nothing; a flow expired less than a day ago stays."""
+    oldest = _expired_flows(app, 60, timedelta(days=3))
+    old = _expired_flows(app, 60, timedelta(hours=25))
+    recent = _expired_flows(app, 5, timedelta(hours=23))
+    first = start(client)["session_id"]
+    left = _flows(app)
+    assert not left & oldest and len(left & old) == 20
+    assert recent | {first} <= left and len(left) == 26
+    second = start(client)["session_id"]
+    assert _flows(app) == left | {second}  # the same minute: no purge
+    with app.app_context():
+        gateway().flow_purge = Every(60.0)  # a minute later, as a new timer sees it
+    start(client)
+    left = _flows(app)
+    assert not left & (oldest | old) and recent | {first, second} <= left and len(left) == 8
