@@ -21,7 +21,7 @@ from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
 from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
 from .providers import Identity, IdentityError, ProviderError, ProviderInfo, TokenSet
-from .tokens import AccountMismatch, granted_scopes, store_credential
+from .tokens import AccountMismatch, granted_scopes, revoke_replaced, store_credential
 
 log = logging.getLogger(__name__)
 
@@ -265,16 +265,18 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
                      connection=connection)
 
     try:
-        granted = store_credential(user_email, info.name, identity.subject, tokens,
-                                   requested=requested, also=complete)
+        stored = store_credential(user_email, info.name, identity.subject, tokens,
+                                  requested=requested, also=complete)
     except AccountMismatch:
         _fail(db.session.get(AuthSession, session_id), "account_mismatch")
         raise CallbackFailed(400, "account_mismatch",
                              f"This user is connected to another {info.display_name} account. "
                              "Nothing was stored; revoke that connection first to switch "
                              "accounts.", info, user_email) from None
-    return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted,
-                             declined=info.missing_scopes(granted, requested))
+    if stored.replaced is not None:  # committed: the new grant is the user's now
+        revoke_replaced(user_email, info.name, actor, stored.replaced)
+    return CallbackSucceeded(provider=info, user_email=user_email, scopes=stored.scopes,
+                             declined=info.missing_scopes(stored.scopes, requested))
 
 
 def _claim(session: AuthSession) -> bool:
