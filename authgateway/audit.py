@@ -1,6 +1,7 @@
 """The audit trail: one row per thing that happened to a user's connection. Never a secret.
 
 Actions: flow_started, flow_completed, flow_failed, token_refreshed, refresh_failed, revoked,
+grant_replaced (the grant a flow replaced, revoked at the provider: ``ok`` or ``not_revoked``),
 reencrypted, token_served, and forbidden (a request outside its API key's scope: at most one
 row per key every ``REFUSAL_INTERVAL`` seconds per process, with the count of the others).
 Tokens served are the hot path, so they are not written one by one: each process counts them
