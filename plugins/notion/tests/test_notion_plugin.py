@@ -208,3 +208,16 @@ def test_revocation_posts_the_access_token_with_basic_auth(gateway, notion):
     answer = gateway.revoke("notion", EMAIL)
     assert answer.status_code == 200 and answer.get_json()["provider_revoked"] is True
     assert notion.revoked == [access] and not notion.token_is_live(access)
+
+
+def test_a_refresh_token_without_expires_in_is_kept_for_a_forced_refresh(authgateway_gateway):
+    with FakeNotion(expires_in=None) as notion:
+        notion.sign_in_as(Account(subject=USER_ID, email=EMAIL))
+        gateway = authgateway_gateway(PLUGINS, **notion.settings(redirect_uri("notion")))
+        gateway.connect("notion", EMAIL)
+        first = gateway.token("notion", EMAIL, min_valid_seconds=86400).get_json()
+        assert first["expires_at"] is None and notion.refresh_count == 0
+        forced = gateway.token("notion", EMAIL, force_refresh=True)
+        assert forced.status_code == 200, forced.get_json()
+        assert forced.get_json()["access_token"] != first["access_token"]
+        assert notion.refresh_count == 1 and notion.reused_refresh == []
