@@ -57,17 +57,26 @@ NO_EMAIL = ("Atlassian did not share this account's email address, so the gatewa
             "it is the one this connection was started for.")
 
 
+@dataclasses.dataclass(frozen=True)
+class AtlassianInfo(ProviderInfo):
+    """The declaration, with where the token's accessible sites are listed."""
+
+    sites_url: str = ""
+
+
 @hookimpl
 def authgateway_register_providers(settings) -> list[ProviderInfo]:
     urls = {key: str(settings.get(f"ATLASSIAN_{key}", default)).strip()
             for key, default in ENDPOINTS.items()}
+    api = urls["API_URL"].rstrip("/")
     scopes = str(settings.get("ATLASSIAN_SCOPES") or "").replace(",", " ").split()
-    return [ProviderInfo(
+    return [AtlassianInfo(
         name=NAME,
         display_name="Atlassian",
         authorize_url=urls["AUTHORIZE_URL"],
         token_url=urls["TOKEN_URL"],
-        userinfo_url=urls["API_URL"].rstrip("/") + "/me",
+        userinfo_url=api + "/me",
+        sites_url=api + "/oauth/token/accessible-resources",
         identity_scopes=IDENTITY_SCOPES,
         default_scopes=tuple(dict.fromkeys(scopes)),
         extra_authorize_params={"audience": "api.atlassian.com", "prompt": "consent"},
@@ -79,7 +88,7 @@ def authgateway_register_providers(settings) -> list[ProviderInfo]:
 
 @hookimpl
 def authgateway_exchange_code(
-    provider: ProviderInfo, config: ProviderConfig, code: str, code_verifier: str
+    provider: AtlassianInfo, config: ProviderConfig, code: str, code_verifier: str
 ) -> TokenSet:
     tokens = _token_request(provider, config, {
         "grant_type": "authorization_code", "code": code, "redirect_uri": config.redirect_uri,
@@ -91,7 +100,7 @@ def authgateway_exchange_code(
 
 @hookimpl
 def authgateway_refresh_token(
-    provider: ProviderInfo, config: ProviderConfig, refresh_token: str
+    provider: AtlassianInfo, config: ProviderConfig, refresh_token: str
 ) -> TokenSet:
     tokens = _token_request(provider, config,
                             {"grant_type": "refresh_token", "refresh_token": refresh_token})
@@ -139,9 +148,8 @@ def _token_request(provider: ProviderInfo, config: ProviderConfig, body: dict) -
     return parse_token_answer(provider, response.status_code, read_answer(response))
 
 
-def _sites(provider: ProviderInfo, config: ProviderConfig, access_token: str) -> list[dict]:
-    url = provider.userinfo_url.removesuffix("/me") + "/oauth/token/accessible-resources"
-    listed = _api_get(config, access_token, url)
+def _sites(provider: AtlassianInfo, config: ProviderConfig, access_token: str) -> list[dict]:
+    listed = _api_get(config, access_token, provider.sites_url)
     if not isinstance(listed, list):
         raise ProviderUnavailable("atlassian listed no sites", code="malformed_response")
     return [{key: site[key] for key in SITE_FIELDS if key in site} for site in listed

@@ -84,6 +84,7 @@ def test_the_defaults_are_atlassians_endpoints_and_providers_list_says_what_is_m
     assert info.token_url == "https://auth.atlassian.com/oauth/token"
     assert info.userinfo_url == "https://api.atlassian.com/me"
     assert info.revoke_url is None
+    assert info.sites_url == "https://api.atlassian.com/oauth/token/accessible-resources"
     listed = app.test_cli_runner().invoke(args=["providers", "list"]).output
     line = next(line for line in listed.splitlines() if line.startswith("atlassian"))
     assert "NOT CONFIGURED: set ATLASSIAN_CLIENT_ID, ATLASSIAN_CLIENT_SECRET, " \
