@@ -34,6 +34,10 @@ class FakeSlack(FakeProvider):
         self.bot_scopes = bot_scopes
         #: The app asked for bot scopes only: authed_user carries no token of the person's.
         self.no_user_token = False
+        #: How a refresh answers the user's new tokens: at the top level as ``user`` (what
+        #: Slack's SDKs read), under ``authed_user``, or (never for a user's refresh token) as
+        #: a ``bot`` token.
+        self.refresh_shape = "top_level"
         self.bot_tokens: list[str] = []
         self.routes.update({("GET", "/api/auth.test"): self.auth_test,
                             ("POST", "/api/auth.revoke"): self.auth_revoke})
@@ -84,8 +88,14 @@ class FakeSlack(FakeProvider):
         user = {key: answer[key] for key in ("access_token", "scope", "expires_in",
                                              "refresh_token") if key in answer}
         if request.form.get("grant_type") == "refresh_token":
-            return 200, {"ok": True, "app_id": "A0FAKEAPP", **user, "token_type": "user",
-                         "team": team, "enterprise": None}, headers
+            body = {"ok": True, "app_id": "A0FAKEAPP", "team": team, "enterprise": None}
+            if self.refresh_shape == "authed_user":
+                body["authed_user"] = {"id": self.account_for(answer["access_token"]).subject,
+                                       **user, "token_type": "user"}
+            else:
+                kind = "bot" if self.refresh_shape == "bot" else "user"
+                body.update(user, token_type=kind)
+            return 200, body, headers
         body = {"ok": True, "app_id": "A0FAKEAPP",
                 "authed_user": {"id": self.account_for(answer["access_token"]).subject,
                                 **user, "token_type": "user"},

@@ -197,6 +197,30 @@ def test_with_rotation_the_token_expires_in_twelve_hours_and_its_refresh_token_r
 
 
 @ROTATION_ON
+@pytest.mark.parametrize("shape", ["top_level", "authed_user"])
+def test_a_refreshed_user_token_is_read_at_the_top_level_or_under_authed_user(client, slack,
+                                                                              shape):
+    connect(client)
+    slack.refresh_shape = shape
+    answer = token(client, force_refresh=True)
+    assert answer.status_code == 200, answer.get_json()
+    assert slack.account_for(answer.get_json()["access_token"]).subject == USER_ID
+    assert answer.get_json()["account"] == {"team_id": TEAM_ID, "team_name": TEAM_NAME}
+
+
+@ROTATION_ON
+def test_a_refresh_that_answers_a_bot_token_is_refused_and_changes_nothing(client, slack):
+    connect(client)
+    before = token(client).get_json()["access_token"]
+    slack.refresh_shape = "bot"
+    answer = token(client, force_refresh=True)
+    assert answer.status_code == 502, answer.get_json()
+    assert answer.get_json()["detail"]["error"] == "provider_misconfigured"
+    assert token(client).get_json()["access_token"] == before
+    assert listed(client)["slack"]["status"] == "active"
+
+
+@ROTATION_ON
 def test_a_refresh_storm_reaches_slack_once_and_never_reuses_a_refresh_token(make_app, slack):
     holder = {}
     with serve_wsgi(lambda environ, start_response: holder["app"](environ, start_response),
