@@ -266,7 +266,8 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
 
     try:
         stored = store_credential(user_email, info.name, identity.subject, tokens,
-                                  requested=requested, also=complete)
+                                  requested=requested, also=complete,
+                                  account=_account(tokens, identity))
     except AccountMismatch:
         _fail(db.session.get(AuthSession, session_id), "account_mismatch")
         raise CallbackFailed(400, "account_mismatch",
@@ -277,6 +278,13 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
         revoke_replaced(user_email, info.name, actor, stored.replaced)
     return CallbackSucceeded(provider=info, user_email=user_email, scopes=stored.scopes,
                              declined=info.missing_scopes(stored.scopes, requested))
+
+
+def _account(tokens: TokenSet, identity: Identity) -> dict | None:
+    """The account object of a completed flow: the token answer's, with what the identity
+    call said over it; None when neither said anything."""
+    account = {**(tokens.account or {}), **(identity.account or {})}
+    return account or None
 
 
 def _claim(session: AuthSession) -> bool:

@@ -4,7 +4,7 @@ lock), list them, revoke them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +54,8 @@ class AccessToken:
     token_type: str
     expires_at: datetime | None
     scopes: list[str]
+    #: The provider's account object stored with the credential (``TokenSet.account``).
+    account: Mapping[str, object] | None = None
 
 
 # The statements are built once: SQLAlchemy then finds the compiled SQL and the result's column
@@ -64,7 +66,7 @@ _ONE_CREDENTIAL = (credentials.c.user_email == bindparam("user_email"),
 # changed meanwhile (_refresh_locked); each column fetched costs on every request.
 _SEEN = select(*(credentials.c[name] for name in (
     "id", "user_email", "provider", "status", "access_token_encrypted", "key_id", "expires_at",
-    "scopes", "authenticated_at", "last_refreshed_at", "last_error_at",
+    "scopes", "authenticated_at", "last_refreshed_at", "last_error_at", "account",
 ))).where(*_ONE_CREDENTIAL)
 _LOCKED = select(credentials).where(*_ONE_CREDENTIAL).with_for_update()
 
@@ -97,6 +99,7 @@ def _answer(row: Row) -> AccessToken:
         token_type="Bearer",
         expires_at=row.expires_at,
         scopes=row.scopes.split(),
+        account=row.account,
     )
 
 
@@ -233,7 +236,8 @@ def _store_refreshed(connection: Connection, row: Row, tokens: TokenSet,
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
     answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
-                         expires_at=values["expires_at"], scopes=values["scopes"].split())
+                         expires_at=values["expires_at"], scopes=values["scopes"].split(),
+                         account=values.get("account", row.account))
     return answer, "refreshed"
 
 
@@ -275,7 +279,7 @@ def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: st
     expires_at = (utcnow() + timedelta(seconds=tokens.expires_in)
                   if tokens.expires_in is not None else None)
     scopes = list(tokens.scopes) if tokens.scopes is not None else scopes_fallback
-    return {
+    values = {
         "access_token_encrypted": keyring.encrypt(tokens.access_token),
         "refresh_token_encrypted": keyring.encrypt(refresh_token) if refresh_token else None,
         "key_id": keyring.primary_id,
@@ -283,6 +287,9 @@ def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: st
         "scopes": " ".join(scopes),
         "status": ACTIVE,
     }
+    if tokens.account is not None:  # else the stored account stays
+        values["account"] = dict(tokens.account)
+    return values
 
 
 _warned_short_lifetimes: set[str] = set()
@@ -347,9 +354,11 @@ class Stored:
 
 
 def store_credential(user_email: str, provider: str, subject: str, tokens: TokenSet,
-                     requested: list[str], *, also: Callable[[Connection], None]) -> Stored:
+                     requested: list[str], *, also: Callable[[Connection], None],
+                     account: Mapping[str, object] | None = None) -> Stored:
     """Insert or replace the credential after a completed flow, and run ``also`` in the same
-    transaction; return the granted scopes and the replaced grant's token.
+    transaction; return the granted scopes and the replaced grant's token. ``account`` (the
+    provider's account object, None for none) replaces the one stored: it describes this grant.
 
     Read and written under the credential's lock, as refresh and revoke hold it, so nothing
     commits in between: a revoke in flight finishes first, and this grant, newer than the
@@ -363,7 +372,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
             seen = _read(connection, user_email, provider)
         if seen is None:
             with db.engine.begin() as connection:
-                values = _grant_values(provider, subject, tokens, requested, None)
+                values = _grant_values(provider, subject, tokens, requested, None, account)
                 if _insert_if_absent(connection, user_email, provider, values):
                     also(connection)
                     return Stored(values["scopes"].split())
@@ -371,7 +380,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
         with credential_transaction(seen.id) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
-                values = _grant_values(provider, subject, tokens, requested, row)
+                values = _grant_values(provider, subject, tokens, requested, row, account)
                 info = gateway().providers.info(provider)
                 replaced = _replaced_grant(row, tokens, info) if (
                     info.revoke_replaced_grants) else None
@@ -387,7 +396,7 @@ class AccountMismatch(Exception):
 
 
 def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list[str],
-                  row: Row | None) -> dict:
+                  row: Row | None, account: Mapping[str, object] | None) -> dict:
     """The columns a completed flow sets, over ``row`` (read under its lock) if there is one.
     The credential is pinned to its subject: a provider that lets an email move between
     accounts must not let another account take over the user's connection (revoke first)."""
@@ -408,6 +417,7 @@ def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list
                         scopes_fallback=requested),
         "subject": subject, "authenticated_at": now, "refresh_failures": 0, "last_error": None,
         "last_error_kind": None, "last_error_at": None, "updated_at": now,
+        "account": dict(account) if account is not None else None,
     }
 
 
@@ -561,6 +571,7 @@ def user_providers(user_email: str) -> list[dict]:
             "status": row.status,
             "authenticated_at": row.authenticated_at,
             "token_expires_at": row.expires_at,
+            **({"account": row.account} if row.account is not None else {}),
         }
         for row in rows
     ]
