@@ -71,7 +71,7 @@ def requested_scopes(info: ProviderInfo, scopes: list[str] | None,
 
 
 def check_startable(provider: str) -> ProviderInfo:
-    """The provider, installed (else 404) and configured (else 503): checked before a flow is
+    """The provider, installed (else 400) and configured (else 503): checked before a flow is
     counted against its key's budget or anything is stored."""
     providers = gateway().providers
     info = providers.info(provider)
