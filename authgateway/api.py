@@ -44,13 +44,17 @@ def require_api_key() -> None:
     if current.endpoint == "auth.callback":
         return
     here, environ = gateway(), current.environ
-    here.limiter.check_address(environ.get("REMOTE_ADDR"))  # = request.remote_addr
     key = _presented_key(environ)
-    if key is None:
-        raise MissingApiKeyError()
-    caller = here.api_keys.authenticate(key)
+    caller = here.api_keys.authenticate(key) if key is not None else None
     if caller is None:
-        here.limiter.bad_key(environ.get("REMOTE_ADDR"))
+        # Only a key that does not authenticate meets the per-address limit: what wrong keys
+        # did from an address never refuses a valid one sent from it (guessing a 256-bit key
+        # gains nothing from being allowed to send the right one).
+        address = environ.get("REMOTE_ADDR")  # = request.remote_addr
+        here.limiter.check_address(address)
+        if key is None:
+            raise MissingApiKeyError()
+        here.limiter.bad_key(address)
         raise InvalidApiKeyError()
     g.api_key_name, g.api_key_scope = caller.name, caller.scope
 
@@ -96,7 +100,9 @@ def init():
     user_email = validation.email(validation.field(body, "user_email", str))
     scopes = validation.scopes(body.get("scopes"))
     require_scope("init", provider, user_email)
-    # Only flows the key may start count against its budget: a refusal writes no counter.
+    flows.check_startable(provider)
+    # Only flows the key may start count against its budget: a malformed request, a provider
+    # not served here or a refusal writes no counter.
     gateway().limiter.flow_started(g.api_key_name)
     flow = flows.start_flow(provider, user_email, scopes, g.api_key_name)
     return jsonify(auth_url=flow.auth_url, session_id=flow.session_id,

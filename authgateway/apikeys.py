@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
+from . import emails
 from .extensions import db
 from .models import ApiKey, utcnow
 
@@ -51,7 +52,10 @@ class Scope:
         if self.users is not None:
             # One regular expression for all patterns, so a check is one match.
             joined = "|".join(f"(?:{fnmatch.translate(p)})" for p in self.users)
-            object.__setattr__(self, "_user_match", re.compile(joined, re.IGNORECASE))
+            # ASCII letters only ignore case (authgateway.emails): in Unicode mode IGNORECASE
+            # lets "k" match the Kelvin sign.
+            object.__setattr__(self, "_user_match",
+                               re.compile(joined, re.IGNORECASE | re.ASCII))
 
     @property
     def unlimited(self) -> bool:
@@ -106,7 +110,12 @@ def parse_providers(text: str, installed: list[str]) -> frozenset[str]:
 
 
 def parse_user_pattern(pattern: str) -> str:
-    pattern = pattern.strip().lower()
+    # Normalised as emails are (authgateway.emails): a pattern never folds the Kelvin sign.
+    normalised = emails.normalise(pattern)
+    if normalised is None:
+        raise ScopeError(f"--users {pattern.strip()!r} holds a character that changes case "
+                         "into an ASCII letter (such as the Kelvin sign): write that letter.")
+    pattern = normalised
     if not USER_PATTERN.fullmatch(pattern) or len(pattern) > 320 or not _brackets_close(pattern):
         raise ScopeError(f"--users {pattern!r} is not an email pattern: use one whole address "
                          "with * ? or [...] as wildcards, such as *@example.com.")

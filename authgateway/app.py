@@ -21,24 +21,12 @@ from .errors import (
     PayloadTooLargeError,
 )
 from .extensions import db, migrate
+from .headers import SecurityHeaders
 from .models import render_item
 from .plugins import Providers, build_plugin_manager
 from .storage import RowReader, configure_engine, engine_options
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-
-#: On every answer, not only pages: a JSON answer or a stylesheet opened in a browser must not
-#: run anything, be framed or be cached either, and one rule has no gap to forget.
-SECURITY_HEADERS = [
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("Content-Security-Policy",
-     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
-     "form-action 'none'; frame-ancestors 'none'"),
-    ("X-Frame-Options", "DENY"),
-]
-_SECURITY_HEADER_NAMES = frozenset(name.lower() for name, _value in SECURITY_HEADERS)
 
 
 def build_app(test_config: dict | None = None, *, key_required: bool = True) -> Flask:
@@ -127,21 +115,3 @@ def _register_error_handlers(app: Flask) -> None:
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(GatewayError().to_dict()), 500
 
-
-class SecurityHeaders:
-    """WSGI middleware that puts SECURITY_HEADERS on every answer, replacing any the answer
-    had (a static file's Cache-Control). Below Flask rather than an after_request hook: it
-    also covers what no hook sees, and costs a list, not five header assignments per request
-    on the hot path."""
-
-    def __init__(self, wsgi_app) -> None:
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ, start_response):
-        def start_hardened(status, headers, exc_info=None):
-            headers = [header for header in headers
-                       if header[0].lower() not in _SECURITY_HEADER_NAMES]
-            headers.extend(SECURITY_HEADERS)
-            return start_response(status, headers, exc_info)
-
-        return self.wsgi_app(environ, start_hardened)

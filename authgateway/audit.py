@@ -1,6 +1,7 @@
 """The audit trail: one row per thing that happened to a user's connection. Never a secret.
 
 Actions: flow_started, flow_completed, flow_failed, token_refreshed, refresh_failed, revoked,
+grant_replaced (the grant a flow replaced, revoked at the provider: ``ok`` or ``not_revoked``),
 reencrypted, token_served, and forbidden (a request outside its API key's scope: at most one
 row per key every ``REFUSAL_INTERVAL`` seconds per process, with the count of the others).
 Tokens served are the hot path, so they are not written one by one: each process counts them
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from flask import Flask, current_app, g, has_request_context
 from sqlalchemy import Connection, insert, select
 
-from . import metrics
+from . import emails, metrics
 from .extensions import db
 from .models import AuditEvent, utcnow
 
@@ -180,7 +181,7 @@ def events(*, user_email: str | None = None, since: datetime | None = None,
     """The newest ``limit`` events (of one user, since a time), oldest first."""
     query = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
     if user_email:
-        query = query.where(AuditEvent.user_email == user_email.strip().lower())
+        query = query.where(AuditEvent.user_email == (emails.normalise(user_email) or user_email))
     if since is not None:
         query = query.where(AuditEvent.created_at >= since)
     return list(reversed(db.session.scalars(query.limit(limit)).all()))

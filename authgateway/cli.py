@@ -478,7 +478,9 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve the gateway with waitress."""
     import resource
 
-    from waitress import serve as waitress_serve
+    from waitress import create_server
+
+    from .serving import harden_waitress_errors
 
     _keyring()
     app = current_app._get_current_object()
@@ -515,8 +517,9 @@ def serve(host: str | None, port: int | None) -> None:
     # a pause of 50-100 ms for every request in flight, once a minute or so under load.
     gc.collect()
     gc.freeze()
-    waitress_serve(
-        app, host=host, port=port, threads=app.config["THREADS"], ident="authgateway",
+    sockets: dict = {}
+    server = create_server(
+        app, map=sockets, host=host, port=port, threads=app.config["THREADS"], ident="authgateway",
         connection_limit=connection_limit,
         # A connection that sends nothing for this long is closed, checked this often.
         channel_timeout=idle_timeout, cleanup_interval=max(1, idle_timeout // 4),
@@ -531,6 +534,9 @@ def serve(host: str | None, port: int | None) -> None:
         # the app's ProxyFix reads the client's address from them.
         clear_untrusted_proxy_headers=not app.config["TRUSTED_PROXIES"],
     )
+    # What waitress answers itself (400, 413, 431) carries the headers every answer has.
+    harden_waitress_errors(sockets)
+    server.run()
 
 
 @click.group("audit", cls=Group)

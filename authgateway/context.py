@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -14,6 +16,28 @@ from .ratelimit import RateLimiter
 from .storage import RowReader
 
 
+class Every:
+    """Says yes at most once per ``seconds`` (monotonic clock) of this process, whichever of
+    its threads asks: housekeeping that a request path does now and then."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + self.seconds
+            return True
+
+
+#: How often one process purges expired flows from the request path (flows.start_flow).
+FLOW_PURGE_SECONDS = 60.0
+
+
 @dataclass
 class Gateway:
     keyring: KeyRing
@@ -23,6 +47,7 @@ class Gateway:
     #: The token lookup's read, below SQLAlchemy's Connection (storage.RowReader).
     reader: RowReader
     limiter: RateLimiter
+    flow_purge: Every = field(default_factory=lambda: Every(FLOW_PURGE_SECONDS))
 
 
 def gateway() -> Gateway:

@@ -15,13 +15,13 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from sqlalchemy import Connection, select, update
 
-from . import audit
+from . import audit, emails, rotation
 from .context import gateway
 from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
 from .models import COMPLETED, FAILED, PENDING, AuthSession, utcnow
 from .providers import Identity, IdentityError, ProviderError, ProviderInfo, TokenSet
-from .tokens import AccountMismatch, granted_scopes, store_credential
+from .tokens import AccountMismatch, granted_scopes, revoke_replaced, store_credential
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,19 @@ def requested_scopes(info: ProviderInfo, scopes: list[str] | None,
     return list(dict.fromkeys(wanted))
 
 
+def check_startable(provider: str) -> ProviderInfo:
+    """The provider, installed (else 400) and configured (else 503): checked before a flow is
+    counted against its key's budget or anything is stored."""
+    providers = gateway().providers
+    info = providers.info(provider)
+    providers.config(provider)
+    return info
+
+
 def start_flow(provider: str, user_email: str, scopes: list[str] | None,
                api_key_name: str | None) -> StartedFlow:
     gw = gateway()
-    info = gw.providers.info(provider)
-    gw.providers.config(provider)  # 503 before anything is stored when it is not configured
+    info = check_startable(provider)
     state = generate_token(STATE_LENGTH)
     verifier = generate_token(VERIFIER_LENGTH)
     all_scopes = requested_scopes(info, scopes, granted_scopes(user_email, provider))
@@ -101,7 +109,22 @@ def start_flow(provider: str, user_email: str, scopes: list[str] | None,
     db.session.add(session)
     audit.record("flow_started", actor=api_key_name, user_email=user_email, provider=provider)
     db.session.commit()
+    if gw.flow_purge.due():
+        _purge_expired_flows()
     return StartedFlow(auth_url=auth_url, session_id=session.id, expires_at=expires_at)
+
+
+def _purge_expired_flows() -> None:
+    """A bounded purge of long-expired flows, after this flow is committed: a failure costs
+    the purge, never the flow."""
+    try:
+        purged = rotation.purge_some_sessions()
+    except Exception:
+        log.warning("purging expired flows failed; a flow started a minute later tries again",
+                    exc_info=True)
+        return
+    if purged:
+        log.info("purged %d flows that expired more than a day ago", purged)
 
 
 def session_status(session_id: str,
@@ -217,7 +240,7 @@ def _exchange(session: AuthSession, info: ProviderInfo, code: str) -> tuple[Toke
 
 def _check_identity(session: AuthSession, info: ProviderInfo, identity: Identity) -> None:
     """The account that signed in must have the session's email, verified by the provider."""
-    if session.user_email not in {email.strip().lower() for email in identity.proven_emails}:
+    if not any(emails.same(session.user_email, email) for email in identity.proven_emails):
         _fail(session, "email_mismatch")
         why = (identity.unproven_reason or "You signed in with a different account than the "
                "one this connection was started for.")
@@ -242,17 +265,19 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
                      connection=connection)
 
     try:
-        granted = store_credential(user_email, info.name, identity.subject, tokens,
-                                   requested=requested, also=complete,
-                                   account=_account(tokens, identity))
+        stored = store_credential(user_email, info.name, identity.subject, tokens,
+                                  requested=requested, also=complete,
+                                  account=_account(tokens, identity))
     except AccountMismatch:
         _fail(db.session.get(AuthSession, session_id), "account_mismatch")
         raise CallbackFailed(400, "account_mismatch",
                              f"This user is connected to another {info.display_name} account. "
                              "Nothing was stored; revoke that connection first to switch "
                              "accounts.", info, user_email) from None
-    return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted,
-                             declined=info.missing_scopes(granted, requested))
+    if stored.replaced is not None:  # committed: the new grant is the user's now
+        revoke_replaced(user_email, info.name, actor, stored.replaced)
+    return CallbackSucceeded(provider=info, user_email=user_email, scopes=stored.scopes,
+                             declined=info.missing_scopes(stored.scopes, requested))
 
 
 def _account(tokens: TokenSet, identity: Identity) -> dict | None:

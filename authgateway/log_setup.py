@@ -4,6 +4,11 @@
 record carries ``request_id``: the caller's ``X-Request-ID`` when it is a short token, else one
 made here; the response returns it in ``X-Request-ID`` so a caller can quote it to an operator.
 Nothing here logs a query string, a header or a body: those are where tokens travel.
+
+What a request carries (its path, a user's email, a provider's error text) reaches log
+messages. In text logs every control character of a message is written as an escape (``\n``,
+``\x1b``), so no request can start a line of its own or drive a terminal; JSON lines escape
+them already.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ ENVIRON_STARTED = "authgateway.request_started"
 
 access_log = logging.getLogger("authgateway.access")
 
+#: C0 and C1 controls, DEL, and the characters that end a line or turn text around for a
+#: terminal or an editor (line and paragraph separators, bidi marks, overrides and isolates).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 
 def init_app(app: Flask) -> None:
     """Set the level, install the handler (unless logging is configured already), and give
@@ -53,11 +63,12 @@ def init_app(app: Flask) -> None:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record: the current request's, or ``-`` outside one."""
+    """Adds ``request_id`` to every record: the current request's; outside one, the id the
+    log call gave in ``extra``, else ``-``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = (request.environ.get(ENVIRON_REQUEST_ID, "-")
-                             if has_request_context() else "-")
+                             if has_request_context() else getattr(record, "request_id", "-"))
         return True
 
 
@@ -81,6 +92,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every character of ``_UNSAFE`` written as its escape: one line, inert."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, the message's control characters escaped (a traceback stays as it is)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = escape_controls(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time, as test runners swap it."""
 
@@ -101,8 +139,7 @@ def _install_handler(log_format: str) -> None:
     if not ours and root.handlers:
         return
     handler = ours[0] if ours else _StderrHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else
-                         logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
         handler.addFilter(RequestIdFilter())
     if not ours:
@@ -129,6 +166,11 @@ class _IdSource:
 
 
 _ids = _IdSource()
+
+
+def new_request_id() -> str:
+    """An id for an answer no request id was made for (one waitress makes itself)."""
+    return _ids.next()
 
 
 class RequestIds:

@@ -73,6 +73,13 @@ class ProviderInfo:
     #: revoking it ends the grant) or ``access_token`` (GitHub revokes a grant by its access
     #: token only).
     revoke_with: str = "refresh_token"
+    #: When a new flow replaces the user's stored credential, revoke the grant it replaced at
+    #: the provider (with the token ``revoke_with`` names), after the new credential is
+    #: committed: best effort, audited as ``grant_replaced``, never failing the flow. For
+    #: providers where each flow makes a grant of its own. Off for Google and GitHub: there,
+    #: revoking any token ends every grant of the user for the client (Google) or the whole
+    #: authorization (GitHub), so it would end the new credential too.
+    revoke_replaced_grants: bool = False
     #: Settings the provider needs besides ``<NAME>_CLIENT_ID``, ``_CLIENT_SECRET`` and
     #: ``_REDIRECT_URI``, by full name; ``providers list`` names the missing ones and their
     #: values reach the hooks in ``ProviderConfig.settings``.

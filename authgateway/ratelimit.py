@@ -5,9 +5,10 @@ Two limits, both settings of the form ``N/second|minute|hour|day`` (``0`` turns 
 
 - ``AUTH_GATEWAY_RATELIMIT_INIT`` (default ``120/minute``): flows started per API key.
 - ``AUTH_GATEWAY_RATELIMIT_BAD_KEY`` (default ``20/minute``): wrong API keys per client address.
-  Past it the address gets 429 for the rest of the window, whatever key it sends. A valid key
-  costs no database work here: only a wrong one is counted, and the block is remembered in
-  the process that counted it.
+  Past it the address gets 429 for the rest of the window for every request whose key does
+  not authenticate (a missing key included); a valid key from that address is answered as
+  ever. A valid key costs no work here: only a wrong one is counted, and the block is
+  remembered in the process that counted it.
 
 The client address is ``request.remote_addr``. Behind a reverse proxy that is the proxy: set
 ``AUTH_GATEWAY_TRUSTED_PROXIES`` to the number of proxies in front, and the address is read from

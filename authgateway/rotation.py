@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 PRIMARY, ROTATION, UNKNOWN = "primary", "rotation", "UNKNOWN"
 #: `flask sessions purge` keeps a flow this long after it expired, for `/auth/status` callers.
 PURGE_AFTER = timedelta(days=1)
+#: How many of those flows the serving process deletes at a time (purge_some_sessions).
+AUTO_PURGE_LIMIT = 100
 #: How many row ids a report names before it only counts.
 NAMED_IDS = 20
 
@@ -292,3 +294,14 @@ def purge_sessions(now: datetime | None = None) -> int:
     t = SESSIONS.table
     with db.engine.begin() as connection:
         return connection.execute(delete(t).where(t.c.expires_at < cutoff)).rowcount
+
+
+def purge_some_sessions(limit: int = AUTO_PURGE_LIMIT, now: datetime | None = None) -> int:
+    """Delete at most ``limit`` of the flows that expired more than PURGE_AFTER ago, the oldest
+    first, in one short statement (the expiry is indexed); return how many. What the serving
+    process does now and then, so that flows nobody finished do not pile up."""
+    cutoff = (now or utcnow()) - PURGE_AFTER
+    t = SESSIONS.table
+    oldest = select(t.c.id).where(t.c.expires_at < cutoff).order_by(t.c.expires_at).limit(limit)
+    with db.engine.begin() as connection:
+        return connection.execute(delete(t).where(t.c.id.in_(oldest))).rowcount

@@ -36,6 +36,7 @@ from .models import (
 from .providers import (
     InvalidGrant,
     ProviderError,
+    ProviderInfo,
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenSet,
@@ -341,12 +342,23 @@ def _record_failure(connection: Connection, row: Row, kind: str, error: str) -> 
                  outcome=error, connection=connection)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing a flow's grant did."""
+
+    scopes: list[str]
+    #: The token (and its type hint) that revokes the grant this one replaced; None when
+    #: nothing was replaced, the new answer carries the old grant on, or the provider does not
+    #: revoke replaced grants (``ProviderInfo.revoke_replaced_grants``).
+    replaced: tuple[str, str] | None = None
+
+
 def store_credential(user_email: str, provider: str, subject: str, tokens: TokenSet,
                      requested: list[str], *, also: Callable[[Connection], None],
-                     account: Mapping[str, object] | None = None) -> list[str]:
+                     account: Mapping[str, object] | None = None) -> Stored:
     """Insert or replace the credential after a completed flow, and run ``also`` in the same
-    transaction; return the granted scopes. ``account`` (the provider's account object, None
-    for none) replaces the one stored: it describes this grant.
+    transaction; return the granted scopes and the replaced grant's token. ``account`` (the
+    provider's account object, None for none) replaces the one stored: it describes this grant.
 
     Read and written under the credential's lock, as refresh and revoke hold it, so nothing
     commits in between: a revoke in flight finishes first, and this grant, newer than the
@@ -363,16 +375,19 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                 values = _grant_values(provider, subject, tokens, requested, None, account)
                 if _insert_if_absent(connection, user_email, provider, values):
                     also(connection)
-                    return values["scopes"].split()
+                    return Stored(values["scopes"].split())
             continue  # another flow's callback stored one first: replace it, under its lock
         with credential_transaction(seen.id) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
                 values = _grant_values(provider, subject, tokens, requested, row, account)
+                info = gateway().providers.info(provider)
+                replaced = _replaced_grant(row, tokens, info) if (
+                    info.revoke_replaced_grants) else None
                 connection.execute(update(credentials).where(credentials.c.id == row.id)
                                    .values(**values))
                 also(connection)
-                return values["scopes"].split()
+                return Stored(values["scopes"].split(), replaced)
         # Revoked while we waited for the lock: store this grant as a new credential.
 
 
@@ -462,6 +477,55 @@ def _refresh_due(user_email: str, provider: str, within_seconds: float) -> str:
         return "failed"
 
 
+def _grant_token(row: Row, info: ProviderInfo) -> tuple[str, str] | None:
+    """The token that revokes the grant ``row`` holds, and its type hint: the refresh token
+    (RFC 7009: revoking it ends the grant), else the access token, or the access token when
+    the provider revokes by it. None when the row holds none that decrypts."""
+    by_access = info.revoke_with == "access_token" and row.access_token_encrypted is not None
+    column, hint = (("refresh_token_encrypted", "refresh_token")
+                    if row.refresh_token_encrypted and not by_access
+                    else ("access_token_encrypted", "access_token"))
+    if getattr(row, column) is None:
+        return None
+    try:
+        return _decrypt(row, column), hint
+    except DecryptionFailedError:
+        return None
+
+
+def _replaced_grant(row: Row, tokens: TokenSet, info: ProviderInfo) -> tuple[str, str] | None:
+    """The token of the grant that ``tokens`` replace; None when they carry it on (no new
+    refresh token: the stored one is kept, its grant goes on)."""
+    if tokens.refresh_token is None and row.refresh_token_encrypted:
+        return None
+    old = _grant_token(row, info)
+    if old is None or old[0] in (tokens.access_token, tokens.refresh_token):
+        return None
+    return old
+
+
+def revoke_replaced(user_email: str, provider: str, actor: str | None,
+                    replaced: tuple[str, str]) -> bool:
+    """Revoke at the provider the grant a completed flow replaced, and audit it as
+    ``grant_replaced``. Best effort, after the new credential is committed: never raises."""
+    token, hint = replaced
+    try:
+        revoked = gateway().providers.revoke(provider, token=token, token_type_hint=hint)
+    except Exception as exc:
+        log.warning("revoking the grant replaced for a user of %s failed: %s", provider,
+                    getattr(exc, "code", None) or type(exc).__name__)
+        revoked = False
+    try:
+        with db.engine.begin() as connection:
+            audit.record("grant_replaced", actor=actor, user_email=user_email,
+                         provider=provider, outcome="ok" if revoked else "not_revoked",
+                         connection=connection)
+    except Exception:
+        log.warning("the audit event of a replaced grant of %s was not written", provider,
+                    exc_info=True)
+    return revoked
+
+
 def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
     """Revoke at the provider (refresh token, else access token), then forget the credential.
     Returns whether the provider confirmed the revocation."""
@@ -475,19 +539,10 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         if row is None:
             raise NotAuthenticatedError()
         provider_revoked = False
-        by_access = (gw.providers.info(provider).revoke_with == "access_token"
-                     and row.access_token_encrypted is not None)
-        column, hint = (("refresh_token_encrypted", "refresh_token")
-                        if row.refresh_token_encrypted and not by_access
-                        else ("access_token_encrypted", "access_token"))
-        if getattr(row, column) is not None:
-            try:
-                token = _decrypt(row, column)
-            except DecryptionFailedError:
-                token = None
-            if token is not None:
-                provider_revoked = gw.providers.revoke(provider, token=token,
-                                                       token_type_hint=hint)
+        grant = _grant_token(row, gw.providers.info(provider))
+        if grant is not None:
+            provider_revoked = gw.providers.revoke(provider, token=grant[0],
+                                                   token_type_hint=grant[1])
         # Flows wait for this lock (store_credential). A grant stored without it while we were
         # at the provider is not the one revoked there: it stays, as it would have had its
         # flow completed a moment later.

@@ -8,6 +8,7 @@ import unicodedata
 
 from flask import request
 
+from . import emails
 from .errors import InvalidRequestError, PayloadTooLargeError
 
 # Not RFC 5322 in full: one @, no spaces or control characters, a dot in the domain.
@@ -52,7 +53,11 @@ def field(body: dict, name: str, kind: type, *, required: bool = True, default=N
 
 
 def email(value: str, name: str = "user_email") -> str:
-    normalised = value.strip().lower()
+    normalised = emails.normalise(value)
+    if normalised is None:
+        raise InvalidRequestError(
+            f"The field '{name}' is not a valid email address: it holds a character that "
+            "changes case into an ASCII letter (such as the Kelvin sign); write that letter.")
     if (len(normalised) > MAX_EMAIL_LENGTH or not EMAIL.match(normalised)
             or not normalised.isascii() and any(unicodedata.category(c)[0] == "C"
                                                 for c in normalised)):

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from authgateway.headers import SECURITY_HEADERS
+from authgateway.log_setup import REQUEST_ID
 from tests.conftest import API_KEY, ENCRYPTION_KEY, free_port, in_ci, served_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,6 +226,34 @@ def test_an_oversized_content_length_is_refused_before_the_body_is_read(direct):
     assert list(direct.tmpdir.iterdir()) == []
 
 
+def assert_hardened(head: bytes) -> None:
+    """The answer's head carries the security headers of every answer and an X-Request-ID."""
+    fields = {}
+    for line in head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    for name, value in SECURITY_HEADERS:
+        assert fields.get(name.lower()) == value, (name, head)
+    assert REQUEST_ID.fullmatch(fields.get("x-request-id", "")), head
+
+
+@pytest.mark.parametrize(("sent", "status"), [
+    (b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+     b"431"),
+    (b"POST /auth/token HTTP/1.1\r\nHost: gateway\r\nContent-Length: 12x\r\n\r\n", b"400"),
+    (b"POST /auth/token HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % HUGE,
+     b"413"),
+])
+def test_waitress_own_refusals_carry_the_gateways_headers(direct, sent, status):
+    """What waitress answers before the app runs has the headers of every other answer."""
+    with socket.create_connection(("127.0.0.1", direct.port), timeout=10) as s:
+        s.sendall(sent)
+        head = read_head(s)
+    # HTTP/1.0 when waitress could not read the request's version.
+    assert head.startswith(b"HTTP/1.") and head.split(b" ")[1] == status, head[:200]
+    assert_hardened(head)
+
+
 def test_the_body_limit_is_the_apis_64_kib(direct):
     """64 KiB still reaches the app (and its JSON errors); one byte more is waitress's 413."""
     port = direct.port
@@ -236,6 +266,43 @@ def test_the_body_limit_is_the_apis_64_kib(direct):
         response = connection.getresponse()
         assert response.status == expected, response.read()
         connection.close()
+
+
+def test_a_valid_key_is_answered_from_an_address_that_sent_wrong_keys(direct):
+    """25 wrong keys from one address, past the default 20 a minute: its valid key is answered
+    as quickly as anyone's, and its 26th wrong key is still refused."""
+    port, guesser = direct.port, "127.0.0.4"
+    statuses = [ask_token(port, guesser, key=f"wrong-key-{n:02}-" + "x" * 20)[0]
+                for n in range(25)]
+    assert statuses == [403] * 20 + [429] * 5
+    times = []
+    for _ in range(10):
+        status, body, _headers, elapsed = ask_token(port, guesser)
+        assert (status, body["detail"]["error"]) == (404, "not_authenticated")
+        times.append(elapsed)
+    assert ask_token(port, guesser, key="wrong-key-26-" + "x" * 20)[0] == 429
+    times.sort()
+    assert times[-2] < 0.5, f"the valid key took {times[-2] * 1000:.1f} ms (second worst of 10)"
+
+
+def test_a_request_cannot_forge_a_log_line(gateway_env, tmp_path):
+    """At DEBUG the access log writes each request's decoded path: its control characters are
+    written as escapes, so a path cannot start a line of its own or drive a terminal."""
+    requests_sent = (b"/nothing%0A2026-12-04%2015:00:00,000%20WARNING%20forged",
+                     b"/nothing%0D%1B%5B2K%1B%5B31mred%1B%5B0m%E2%80%AE")
+    with serve(gateway_env, tmp_path, AUTH_GATEWAY_LOG_LEVEL="DEBUG") as served:
+        for path in requests_sent:
+            with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: gateway\r\n"
+                          b"Connection: close\r\n\r\n")
+                assert read_head(s).startswith(b"HTTP/1.1 404")
+    log = (tmp_path / "gateway.log").read_bytes().decode()  # every "\r" as written
+    forged = [line for line in log.splitlines() if "forged" in line]
+    assert len(forged) == 1, forged
+    assert "GET /nothing\\n2026-12-04 15:00:00,000 WARNING forged 404" in forged[0]
+    assert not any(line.startswith("2026-12-04") for line in log.splitlines())
+    assert "\x1b" not in log and "\r" not in log and "\u202e" not in log
+    assert "GET /nothing\\r\\x1b[2K\\x1b[31mred\\x1b[0m\\u202e 404" in log
 
 
 # ---- behind Debian's nginx, with deploy/nginx as shipped ---------------------------------------
@@ -357,13 +424,18 @@ def test_behind_nginx_the_gateway_sees_each_clients_own_address(proxied):
     """The wrong-key limit (3 a minute here) counts per address: CLIENT's wrong keys get it
     blocked, and neither OTHER_CLIENT nor a forged X-Forwarded-For from CLIENT changes that."""
     port = proxied.port
-    statuses = [ask_token(port, CLIENT, key="wrong-key-" + "x" * 20)[0] for _ in range(4)]
+    wrong = "wrong-key-" + "x" * 20
+    statuses = [ask_token(port, CLIENT, key=wrong)[0] for _ in range(4)]
     assert statuses == [403, 403, 403, 429]
-    status, body, headers, _ = ask_token(port, CLIENT, headers={"X-Forwarded-For": OTHER_CLIENT})
+    status, body, headers, _ = ask_token(port, CLIENT, key=wrong,
+                                         headers={"X-Forwarded-For": OTHER_CLIENT})
     assert status == 429 and body["detail"]["error"] == "rate_limited"
     assert "X-Request-ID" in headers
-    status, body, _headers, _ = ask_token(port, OTHER_CLIENT)
-    assert (status, body["detail"]["error"]) == (404, "not_authenticated")
+    assert ask_token(port, OTHER_CLIENT, key=wrong)[0] == 403
+    # A valid key is never refused for what wrong keys did, from either address.
+    for source in (CLIENT, OTHER_CLIENT):
+        status, body, _headers, _ = ask_token(port, source)
+        assert (status, body["detail"]["error"]) == (404, "not_authenticated")
 
 
 def test_the_commented_tls_lines_serve_https_once_a_certificate_is_there(proxied, tmp_path):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
+from authgateway.context import Every, gateway
 from authgateway.extensions import db
 from authgateway.models import AuthSession, Credential, utcnow
 from tests.conftest import HEADERS
@@ -130,6 +134,45 @@ def test_signing_in_as_someone_else_fails_with_email_mismatch(client, app, googl
     assert token(client).status_code == 404
 
 
+def test_the_kelvin_sign_does_not_sign_in_as_a_k(client, app, google):
+    """str.lower() folds the Kelvin sign (U+212A) into "k": an account signed in as
+    "\u212aate@example.com" is not kate@example.com."""
+    google.next_account = Account(email="\u212aate@example.com", sub="1001")
+    flow = start(client, "kate@example.com")
+    page = client.get(consent(flow["auth_url"]))
+    assert page.status_code == 403 and "Nothing was stored" in page.get_data(as_text=True)
+    status = client.get(f"/auth/status/{flow['session_id']}", headers=HEADERS).get_json()
+    assert status["error"] == "email_mismatch"
+    with app.app_context():
+        assert db.session.scalar(select(Credential)) is None
+    assert token(client, "kate@example.com").status_code == 404
+
+
+def test_an_upper_case_ascii_email_from_the_provider_still_matches(client, google):
+    google.next_account = Account(email="Kate@Example.COM", sub="1001")
+    connect(client, "kate@example.com")
+    assert token(client, "kate@example.com").status_code == 200
+
+
+@pytest.mark.parametrize("email", ["\u212aate@example.com", "ro\u017fe@example.com",
+                                   "\u0130da@example.com", "stra\u00dfe@example.com",
+                                   "ada@\u212aexample.com"])
+def test_emails_that_change_case_into_ascii_are_refused_at_init(client, email):
+    answer = client.post("/auth/init", json={"provider": "google", "user_email": email},
+                         headers=HEADERS)
+    assert answer.status_code == 400
+    assert "Kelvin" in answer.get_json()["detail"]["message"]
+
+
+def test_only_ascii_letters_ignore_case(client, google):
+    """Other characters are kept as written: a flow for \u00c4da@example.com is not one for
+    \u00e4da@example.com."""
+    flow = start(client, "\u00c4da@Example.com")
+    assert flow["auth_url"]
+    status = client.get(f"/auth/status/{flow['session_id']}", headers=HEADERS).get_json()
+    assert status["user_email"] == "\u00c4da@example.com"
+
+
 def test_an_unverified_email_is_not_accepted(client, app, google):
     google.next_account = Account(email="ada@example.com", sub="1", email_verified=False)
     flow = start(client)
@@ -198,3 +241,39 @@ def test_a_new_flow_replaces_the_credential(client, google):
 def test_the_callback_for_an_unknown_provider_is_a_404_page(client):
     page = client.get("/auth/callback/nope?state=x&code=y")
     assert page.status_code == 404 and page.mimetype == "text/html"
+
+
+def _expired_flows(app, count: int, ago: timedelta) -> set[str]:
+    """``count`` pending flows that expired ``ago``."""
+    now, ids = utcnow(), [str(uuid.uuid4()) for _ in range(count)]
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(insert(AuthSession.__table__), [dict(
+            id=session_id, state_hash=hashlib.sha256(session_id.encode()).hexdigest(),
+            code_verifier_encrypted="x", key_id="old", user_email="someone@example.com",
+            provider="google", scopes="", status="pending", created_at=now - ago,
+            expires_at=now - ago) for session_id in ids])
+    return set(ids)
+
+
+def _flows(app) -> set[str]:
+    with app.app_context():
+        return set(db.session.scalars(select(AuthSession.id)))
+
+
+def test_flows_expired_over_a_day_ago_are_purged_by_the_server(app, client, google):
+    """The first /auth/init of a minute deletes at most 100 of them, oldest first; the next
+    ones in that minute delete nothing; a flow expired less than a day ago stays."""
+    oldest = _expired_flows(app, 60, timedelta(days=3))
+    old = _expired_flows(app, 60, timedelta(hours=25))
+    recent = _expired_flows(app, 5, timedelta(hours=23))
+    first = start(client)["session_id"]
+    left = _flows(app)
+    assert not left & oldest and len(left & old) == 20
+    assert recent | {first} <= left and len(left) == 26
+    second = start(client)["session_id"]
+    assert _flows(app) == left | {second}  # the same minute: no purge
+    with app.app_context():
+        gateway().flow_purge = Every(60.0)  # a minute later, as a new timer sees it
+    start(client)
+    left = _flows(app)
+    assert not left & (oldest | old) and recent | {first, second} <= left and len(left) == 8

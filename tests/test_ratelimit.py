@@ -47,14 +47,32 @@ def test_wrong_keys_from_one_address_are_refused_then_logged(make_app, caplog):
         for _ in range(3):
             assert client.get(PATH, headers=WRONG, **from_address("10.0.0.1")).status_code == 403
         assert_limited(client.get(PATH, headers=WRONG, **from_address("10.0.0.1")))
-        # Refused for the rest of the window whatever it sends, without counting further.
-        assert_limited(client.get(PATH, headers=HEADERS, **from_address("10.0.0.1")))
+        # Refused for the rest of the window without a key that authenticates, without
+        # counting further.
+        assert_limited(client.get(PATH, **from_address("10.0.0.1")))
     assert rows(app) == {"bad_key:10.0.0.1": 4}
     assert client.get(PATH, headers=HEADERS, **from_address("10.0.0.2")).status_code == 200
     messages = [r.getMessage() for r in caplog.records]
     assert sum("invalid API key presented from 10.0.0.1" in m for m in messages) == 4
     assert any("10.0.0.1 sent 4 wrong API keys" in m for m in messages)
     assert not any("not-the-key" in m for m in messages)
+
+
+def test_a_valid_key_is_never_refused_for_what_wrong_keys_did(make_app):
+    """25 wrong keys from one address, past the default 20 a minute: the address's valid key is
+    answered as ever, and its next wrong key is still refused."""
+    app = make_app()
+    client = app.test_client()
+    address = from_address("10.0.0.9")
+    statuses = [client.get(PATH, headers={"X-API-Key": f"wrong-{n}"}, **address).status_code
+                for n in range(25)]
+    assert statuses == [403] * 20 + [429] * 5
+    for _ in range(3):
+        assert client.get(PATH, headers=HEADERS, **address).status_code == 200
+        assert client.get(PATH, headers={"Authorization": "Bearer " + HEADERS["X-API-Key"]},
+                          **address).status_code == 200
+    assert_limited(client.get(PATH, headers=WRONG, **address))
+    assert rows(app) == {"bad_key:10.0.0.9": 21}  # a blocked address is not counted further
 
 
 def test_the_limit_holds_across_processes(make_app):
@@ -94,6 +112,33 @@ def test_flows_per_api_key(make_app, google):
     # Only flows are limited: the same key still gets tokens and status.
     assert client.get(PATH, headers=HEADERS).status_code == 200
     assert rows(app) == {"init:bootstrap": 3, "init:other": 1}
+
+
+def test_malformed_flows_do_not_use_up_the_flow_budget(make_app, google):
+    """120 refused /auth/init requests (the default budget a minute), then a valid flow."""
+    app = make_app()
+    client = app.test_client()
+    valid = {"provider": "google", "user_email": "ada@example.com"}
+    malformed = [
+        {"data": "not json", "content_type": "application/json"},
+        {"json": ["a", "list"]},
+        {"json": {"user_email": "ada@example.com"}},
+        {"json": {**valid, "provider": 7}},
+        {"json": {**valid, "user_email": "no-at-sign"}},
+        {"json": {**valid, "user_email": "\u212aate@example.com"}},
+        {"json": {**valid, "scopes": "openid"}},
+        {"json": {**valid, "scopes": ["with space"]}},
+        {"json": {**valid, "provider": "nowhere"}},
+    ]
+    errors = set()
+    for n in range(120):
+        answer = client.post("/auth/init", headers=HEADERS, **malformed[n % len(malformed)])
+        assert answer.status_code == 400, answer.get_json()
+        errors.add(answer.get_json()["detail"]["error"])
+    assert errors == {"invalid_request", "unsupported_provider"}
+    assert rows(app) == {}
+    assert client.post("/auth/init", json=valid, headers=HEADERS).status_code == 200
+    assert rows(app) == {"init:bootstrap": 1}
 
 
 def test_zero_turns_a_limit_off(make_app):

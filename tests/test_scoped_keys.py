@@ -264,6 +264,7 @@ def test_a_scope_change_reaches_every_process_within_the_cache_ttl(make_app):
     (["--users", "ada"], "--users"),
     (["--users", "a b@example.com"], "--users"),
     (["--users", "[ad@example.com"], "--users"),
+    (["--users", "\u212aate@example.com"], "--users"),
     (["--can", "token,fly"], "--can"),
     (["--expires-in", "90x"], "--expires-in"),
     (["--expires-in", "0d"], "--expires-in"),

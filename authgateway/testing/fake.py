@@ -238,6 +238,11 @@ class FakeProvider:
             grant.access.clear()
             return True
 
+    def live_grants(self) -> int:
+        """How many grants are live: made by a code exchange, and not revoked or ended."""
+        with self._lock:
+            return sum(not grant.revoked for grant in self._grants)
+
     def token_is_live(self, token: str) -> bool:
         """An unexpired access token, or the current refresh token, of a live grant."""
         with self._lock:

@@ -61,6 +61,9 @@ def authgateway_register_providers(settings) -> list[ProviderInfo]:
             client_auth_method="client_secret_post",
             token_answers=TOKEN_ANSWERS,
             revoke_with="access_token",
+            # Revocation deletes the whole authorization, the token a new flow just stored
+            # included.
+            revoke_replaced_grants=False,
         )
     ]
 

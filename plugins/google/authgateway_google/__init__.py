@@ -53,5 +53,8 @@ def authgateway_register_providers(settings) -> list[ProviderInfo]:
             },
             # Google accepts both; the body keeps secrets with special characters intact.
             client_auth_method="client_secret_post",
+            # Revoking any token of a user's grant revokes the app's whole access for that
+            # user at Google, the grant a new flow just stored included.
+            revoke_replaced_grants=False,
         )
     ]

@@ -39,6 +39,8 @@ SCOPE_SEPARATORS = {"space": None, "comma": ","}
 #: ``verified_email``: the email counts only when the provider says it is verified.
 #: ``email``: any email the provider returns counts (see the README for the risk).
 IDENTITY_MODES = ("verified_email", "email")
+#: ``_REVOKE_REPLACED_GRANTS``: whether the grant a new flow replaces is revoked.
+SWITCH = {"true": True, "false": False}
 DEFAULT_POINTERS = {"SUBJECT_POINTER": "/sub", "EMAIL_POINTER": "/email",
                     "EMAIL_VERIFIED_POINTER": "/email_verified"}
 
@@ -74,6 +76,9 @@ def provider(name: str, settings) -> OAuth2Info:
         return value
 
     method = choice("CLIENT_AUTH_METHOD", CLIENT_AUTH_METHODS, "client_secret_basic")
+    # On only for a provider where each flow makes a grant of its own: where revoking one
+    # token ends every grant of the user for the client (as at Google), it ends the new one.
+    revoke_replaced = choice("REVOKE_REPLACED_GRANTS", tuple(SWITCH), "false")
     separator = choice("SCOPE_SEPARATOR", tuple(SCOPE_SEPARATORS), "space")
     identity = choice("IDENTITY", IDENTITY_MODES, "verified_email")
     pointers = {key: _pointer(f"{prefix}_{key}", settings.get(f"{prefix}_{key}") or default)
@@ -99,6 +104,7 @@ def provider(name: str, settings) -> OAuth2Info:
         email_pointer=pointers["EMAIL_POINTER"],
         email_verified_pointer=pointers["EMAIL_VERIFIED_POINTER"],
         trust_unverified_email=identity == "email",
+        revoke_replaced_grants=SWITCH[revoke_replaced],
     )
 
 

@@ -94,6 +94,7 @@ def test_a_listed_provider_is_declared_with_defaults_and_providers_list_shows_it
     ({"ACME_IDENTITY": "anything"}, "ACME_IDENTITY is"),
     ({"ACME_SUBJECT_POINTER": "id"}, "ACME_SUBJECT_POINTER is 'id'"),
     ({"ACME_EMAIL_POINTER": "/user/~2"}, "ACME_EMAIL_POINTER is"),
+    ({"ACME_REVOKE_REPLACED_GRANTS": "sometimes"}, "ACME_REVOKE_REPLACED_GRANTS is"),
 ])
 def test_a_wrong_or_missing_setting_stops_startup_with_a_sentence_naming_it(settings, named):
     config = {"OAUTH2_PROVIDERS": "acme", **URLS, **settings}
@@ -173,3 +174,49 @@ def test_without_a_revocation_endpoint_revocation_deletes_here_only(make_gateway
     answer = gateway.revoke("acme", EMAIL)
     assert answer.status_code == 200 and answer.get_json()["provider_revoked"] is False
     assert acme.revoked == [] and gateway.connections(EMAIL) == {}
+
+
+# ---- replaced grants ------------------------------------------------------------------------
+
+def grant_events(gateway) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from authgateway.extensions import db
+    from authgateway.models import AuditEvent
+
+    with gateway.app.app_context():
+        return [(e.action, e.outcome) for e in db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(("grant_replaced", "revoked")))
+            .order_by(AuditEvent.id))]
+
+
+def test_a_replaced_grant_is_revoked_when_asked(make_gateway, acme):
+    """Three flows for one user leave one live grant at the provider, the stored one; a
+    revocation then leaves none, and says so truthfully."""
+    gateway = make_gateway(ACME_REVOKE_REPLACED_GRANTS="true")
+    for _ in range(3):
+        gateway.connect("acme", EMAIL)
+    assert acme.live_grants() == 1
+    answer = gateway.token("acme", EMAIL)
+    assert answer.status_code == 200 and acme.token_is_live(answer.get_json()["access_token"])
+    assert grant_events(gateway) == [("grant_replaced", "ok")] * 2
+    revoked = gateway.revoke("acme", EMAIL)
+    assert revoked.status_code == 200 and revoked.get_json()["provider_revoked"] is True
+    assert acme.live_grants() == 0
+
+
+def test_replaced_grants_stay_live_by_default(make_gateway, acme):
+    gateway = make_gateway()
+    for _ in range(3):
+        gateway.connect("acme", EMAIL)
+    assert acme.live_grants() == 3 and grant_events(gateway) == []
+
+
+def test_a_failed_revocation_of_a_replaced_grant_does_not_fail_the_flow(make_gateway, acme):
+    gateway = make_gateway(ACME_REVOKE_REPLACED_GRANTS="true")
+    gateway.connect("acme", EMAIL)
+    acme.routes[("POST", "/oauth/revoke")] = lambda request: (503, {"error": "unavailable"})
+    gateway.connect("acme", EMAIL)
+    assert gateway.token("acme", EMAIL).status_code == 200
+    assert acme.live_grants() == 2
+    assert grant_events(gateway) == [("grant_replaced", "not_revoked")]
