@@ -114,16 +114,14 @@ def google() -> Iterator[FakeGoogle]:
         yield fake
 
 
-@pytest.fixture
-def make_app(database_url, google):
-    """Build an app on this test's backend, pointed at the fake Google; tables start empty."""
+@contextmanager
+def app_maker(config_for) -> Iterator:
+    """``make(**arguments)``: an app built from ``config_for(**arguments)``, its tables emptied;
+    every app made is flushed and disposed of at the end."""
     apps = []
 
-    def make(redirect_uri: str = "http://localhost" + CALLBACK_PATH, **overrides):
-        config = base_config(database_url, **google.settings(), GOOGLE_REDIRECT_URI=redirect_uri)
-        config.update(overrides)
-        app = create_app(config)
-        google.redirect_uris = [redirect_uri]
+    def make(**arguments):
+        app = create_app(config_for(**arguments))
         with app.app_context():
             empty_tables()
         apps.append(app)
@@ -134,6 +132,19 @@ def make_app(database_url, google):
         audit.served_tokens(app).flush()
         with app.app_context():
             db.engine.dispose()
+
+
+@pytest.fixture
+def make_app(database_url, google):
+    """Build an app on this test's backend, pointed at the fake Google; tables start empty."""
+
+    def config_for(redirect_uri: str = "http://localhost" + CALLBACK_PATH, **overrides):
+        google.redirect_uris = [redirect_uri]
+        return {**base_config(database_url, **google.settings(), GOOGLE_REDIRECT_URI=redirect_uri),
+                **overrides}
+
+    with app_maker(config_for) as make:
+        yield make
 
 
 @pytest.fixture
