@@ -8,7 +8,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from . import config as settings_module
-from . import log_setup, ratelimit
+from . import log_setup, outage, ratelimit
 from .api import auth, count_request, meta
 from .apikeys import ApiKeyCache
 from .cli import register_commands
@@ -56,7 +56,7 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(
         app.config["SQLALCHEMY_DATABASE_URI"], app.config["DB_POOL_SIZE"],
-        app.config["DB_PREPARE_THRESHOLD"],
+        app.config["DB_PREPARE_THRESHOLD"], app.config["DB_TIMEOUT"],
     )
     log_setup.init_app(app)
 
@@ -78,6 +78,7 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
         extra=app.config.get("PLUGINS", ()),
     )
     limiter = ratelimit.init_app(app)
+    outage.init_app(app)
     app.extensions["authgateway"] = Gateway(
         keyring=keyring,
         providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
@@ -124,6 +125,9 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if outage.is_unavailable(exc):
+            refusal = outage.of(app).refused(exc)
+            return jsonify(refusal.to_dict()), refusal.status, refusal.headers
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(GatewayError().to_dict()), 500
 

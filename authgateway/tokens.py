@@ -68,6 +68,13 @@ _SEEN = select(*(credentials.c[name] for name in (
 _LOCKED = select(credentials).where(*_ONE_CREDENTIAL).with_for_update()
 
 
+def _lock_wait() -> float:
+    """How long a caller may wait for a credential's lock: its holder may be at the provider
+    (discovery, then the call itself), then writing."""
+    config = current_app.config
+    return 2 * config["PROVIDER_TIMEOUT"] + config["DB_TIMEOUT"]
+
+
 def _read(connection: Connection, user_email: str, provider: str, *, lock: bool = False):
     return connection.execute(_LOCKED if lock else _SEEN,
                               {"user_email": user_email, "provider": provider}).first()
@@ -136,7 +143,7 @@ def _refresh(seen: Row, min_valid_seconds: float,
     """Refresh ``seen`` (read without the lock) under its row lock. Returns the token and how it
     was obtained: ``refreshed`` (asked the provider), ``fresh`` (another worker's new token) or
     ``failed`` (the refresh failed transiently; this is the stored token, still valid)."""
-    with credential_transaction(seen.id) as connection:
+    with credential_transaction(seen.id, _lock_wait()) as connection:
         outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh)
     # Raised only now, after the commit: a needs_reauth mark and the failure bookkeeping must
     # outlive the error they explain, not be rolled back with it.
@@ -356,7 +363,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                     also(connection)
                     return values["scopes"].split()
             continue  # another flow's callback stored one first: replace it, under its lock
-        with credential_transaction(seen.id) as connection:
+        with credential_transaction(seen.id, _lock_wait()) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
                 values = _grant_values(provider, subject, tokens, requested, row)
@@ -460,7 +467,7 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         seen = _read(connection, user_email, provider)
     if seen is None:
         raise NotAuthenticatedError()
-    with credential_transaction(seen.id) as connection:
+    with credential_transaction(seen.id, _lock_wait()) as connection:
         row = _read(connection, user_email, provider, lock=True)
         if row is None:
             raise NotAuthenticatedError()
