@@ -8,7 +8,7 @@ import json
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from sqlalchemy import text
 
-from . import audit, flows, metrics, outage, tokens, validation
+from . import audit, breaker, flows, metrics, outage, tokens, validation
 from .context import gateway
 from .errors import (
     ForbiddenError,
@@ -217,6 +217,8 @@ def health():
         answer.update(status="degraded", database="unavailable")
     else:
         database.reached()
+    # Reported, never a reason for 503: a provider's trouble is not this instance's.
+    answer["providers"] = breaker.breakers().states()
     try:
         gateway().keyring.check()
     except Exception:

@@ -7,8 +7,8 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from . import breaker, log_setup, outage, ratelimit
 from . import config as settings_module
-from . import log_setup, outage, ratelimit
 from .api import auth, count_request, meta
 from .apikeys import ApiKeyCache
 from .cli import register_commands
@@ -79,9 +79,11 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
     )
     limiter = ratelimit.init_app(app)
     outage.init_app(app)
+    providers = Providers(pm, settings, app.config["PROVIDER_TIMEOUT"])
+    breaker.init_app(app, providers.names())
     app.extensions["authgateway"] = Gateway(
         keyring=keyring,
-        providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
+        providers=providers,
         settings=settings,
         api_keys=ApiKeyCache(app.config["API_KEY"], app.config["APIKEY_CACHE_SECONDS"]),
         reader=reader,
