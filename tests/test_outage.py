@@ -220,3 +220,54 @@ def test_an_outage_answers_503_quickly_logs_twice_and_recovers(cluster, served, 
           f"slowest_503_s={max(a.ended - a.started for a in refused):.3f} "
           f"first_200_after_restart_s={first_back - restarted:.2f} log_lines={len(lines)}\n"
           + "\n".join(lines))
+
+
+# ---- without a cluster of its own: a database that is not there at all ------------------------
+
+@pytest.fixture
+def unreachable(google):
+    """An app whose PostgreSQL is nowhere: a loopback port nobody listens on."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/gateway"
+    return create_app(base_config(url, **google.settings(), GOOGLE_REDIRECT_URI=REDIRECT_URI,
+                                  DB_TIMEOUT=2))
+
+
+def test_every_kind_of_answer_says_the_database_is_unavailable(unreachable, caplog):
+    client = unreachable.test_client()
+    caplog.set_level("INFO", logger="authgateway")
+    started = time.monotonic()
+    answers = [client.post("/auth/token", headers=HEADERS,
+                           json={"provider": "google", "user_email": "ada@example.com"}),
+               client.post("/auth/init", headers=HEADERS,
+                           json={"provider": "google", "user_email": "ada@example.com"}),
+               client.get("/auth/providers/ada@example.com", headers=HEADERS)]
+    for answer in answers:
+        assert answer.status_code == 503
+        detail = answer.get_json()["detail"]
+        assert detail["error"] == "database_unavailable" and detail["auth_required"] is False
+        assert answer.headers["Retry-After"] == str(detail["retry_after"]) == "2"
+    page = client.get("/auth/callback/google?state=s&code=c")
+    assert page.status_code == 503 and page.headers["Retry-After"] == "2"
+    assert page.mimetype == "text/html"
+    assert "briefly unavailable" in page.get_data(as_text=True)
+    assert "Reload this page" in page.get_data(as_text=True)
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["database"] == "unavailable"
+    assert health.get_json()["providers"] == {"google": "closed"}
+    assert time.monotonic() - started < 5
+    records = [r for r in caplog.records if r.name.startswith("authgateway")
+               and r.levelname != "DEBUG"]
+    assert [r.getMessage().split(" (")[0] for r in records] == ["database unavailable"]
+    assert not any(r.exc_info for r in records)
+
+
+def test_postgresql_sessions_carry_the_statement_timeout(postgres_url, google):
+    app = create_app(base_config(postgres_url, **google.settings(), DB_TIMEOUT=2.5))
+    with app.app_context():
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "2500ms"
+            with pytest.raises(Exception) as stuck:
+                connection.exec_driver_sql("SELECT pg_sleep(10)")
+        db.engine.dispose()
+    assert "statement timeout" in str(stuck.value)
