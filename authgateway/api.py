@@ -249,8 +249,4 @@ def count_request(response: Response) -> Response:
     current = request._get_current_object()  # once, not per attribute (context.gateway)
     metrics.http_answered(current.endpoint, current.method, response.status_code,
                           current.environ.get(ENVIRON_STARTED))
-    if response.status_code < 500:
-        database = outage.current()
-        if database.active:
-            database.probe()
     return response

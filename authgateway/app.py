@@ -78,7 +78,7 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
         extra=app.config.get("PLUGINS", ()),
     )
     limiter = ratelimit.init_app(app)
-    outage.init_app(app)
+    database = outage.init_app(app)
     providers = Providers(pm, settings, app.config["PROVIDER_TIMEOUT"])
     breaker.init_app(app, providers.names())
     app.extensions["authgateway"] = Gateway(
@@ -97,6 +97,15 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
     app.register_blueprint(auth)
     app.register_blueprint(meta)
     app.after_request(count_request)
+
+    @app.after_request
+    def probe_during_outage(response):
+        # An answer that did not fail, during an outage, may not have used the database:
+        # the outage ends when a probe says so (at most one a second).
+        if database.active and response.status_code < 500:
+            database.probe()
+        return response
+
     _register_error_handlers(app)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)
