@@ -162,9 +162,13 @@ def test_a_hanging_provider_holds_few_threads_and_valid_tokens_stay_fast(postgre
 
 # ---- the breaker, step by step -----------------------------------------------------------
 
+#: Long enough that the steps meant to fall inside one cool-down do on a busy machine.
+COOLDOWN = 2
+
+
 @pytest.fixture
 def breaker_app(make_app):
-    return make_app(BREAKER_FAILURES=2, BREAKER_COOLDOWN_SECONDS=1)
+    return make_app(BREAKER_FAILURES=2, BREAKER_COOLDOWN_SECONDS=COOLDOWN)
 
 
 def breaker_state(client) -> str:
@@ -193,11 +197,11 @@ def test_the_breaker_opens_fails_fast_lets_one_trial_decide_and_closes(breaker_a
     assert answer.status_code == 502
     detail = answer.get_json()["detail"]
     assert detail["error"] == "provider_unavailable" and detail["auth_required"] is False
-    assert answer.headers["Retry-After"] == str(detail["retry_after"]) == "1"
+    assert answer.headers["Retry-After"] == str(detail["retry_after"]) == str(COOLDOWN)
     assert google.refresh_count - before == 2
 
     # After the cool-down one trial call; it fails: open again, for another cool-down.
-    time.sleep(1.05)
+    time.sleep(COOLDOWN + 0.05)
     assert token(client).status_code == 502
     assert google.refresh_count - before == 3
     assert breaker_state(client) == "open"
@@ -205,7 +209,7 @@ def test_the_breaker_opens_fails_fast_lets_one_trial_decide_and_closes(breaker_a
     assert google.refresh_count - before == 3
 
     # The next trial succeeds: closed, and the credential refreshed.
-    time.sleep(1.05)
+    time.sleep(COOLDOWN + 0.05)
     answer = token(client)
     assert answer.status_code == 200, answer.get_json()
     assert google.token_is_live(answer.get_json()["access_token"])
