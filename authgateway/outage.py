@@ -72,7 +72,8 @@ class DatabaseOutage:
 
     def noticed(self, exc: BaseException, *, count: bool = False) -> None:
         """Record that the database failed; the first failure starts the outage and is logged,
-        and drops the pooled connections, which died with the server's sessions."""
+        and drops the pooled connections, which died with the server's sessions: requests
+        after the outage then open new ones instead of failing on each dead one in turn."""
         with self._lock:
             starting = not self.active
             if starting:
@@ -83,7 +84,8 @@ class DatabaseOutage:
         if starting:
             log.warning("database unavailable (%s): answering 503 database_unavailable until "
                         "it is back", cause(exc))
-            db.engine.dispose()
+            if db.engine.dialect.name != "sqlite":  # a file has no server sessions to lose
+                db.engine.dispose()
 
     def reached(self) -> None:
         """The database answered: end the outage, if there is one, with its one line."""

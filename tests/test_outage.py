@@ -224,10 +224,12 @@ def test_an_outage_answers_503_quickly_logs_twice_and_recovers(cluster, served, 
 
 # ---- without a cluster of its own: a database that is not there at all ------------------------
 
-@pytest.fixture
-def unreachable(google):
-    """An app whose PostgreSQL is nowhere: a loopback port nobody listens on."""
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/gateway"
+@pytest.fixture(params=["postgresql", "sqlite"])
+def unreachable(request, google, tmp_path):
+    """An app whose database is nowhere: PostgreSQL on a loopback port nobody listens on, or
+    a SQLite file in a folder that does not exist."""
+    url = (f"postgresql://postgres@127.0.0.1:{free_port()}/gateway"
+           if request.param == "postgresql" else f"sqlite:///{tmp_path}/missing/gateway.sqlite")
     return create_app(base_config(url, **google.settings(), GOOGLE_REDIRECT_URI=REDIRECT_URI,
                                   DB_TIMEOUT=2))
 
