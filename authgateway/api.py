@@ -8,7 +8,7 @@ import json
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from sqlalchemy import text
 
-from . import audit, flows, metrics, tokens, validation
+from . import audit, breaker, flows, metrics, outage, tokens, validation
 from .context import gateway
 from .errors import (
     ForbiddenError,
@@ -120,8 +120,17 @@ def callback(provider: str):
         current_app.logger.error("callback failed: %s", exc.code)
         return _page("failure", exc.status, provider=None, user_email=None, error=exc.code,
                      message=exc.message)
-    except Exception:
+    except Exception as exc:
         # A person is reading: a page, never the JSON error or the exception's text.
+        if outage.is_unavailable(exc):
+            # Unless the sign-in was claimed before the failure, the same link works again.
+            refusal = outage.current().refused(exc)
+            html, status, headers = _page(
+                "failure", refusal.status, provider=None, user_email=None, error=refusal.code,
+                retry=True, message="The service is briefly unavailable. Reload this page in a "
+                "few seconds; if it then says the link was already used, start the connection "
+                "again from the application.")
+            return html, status, {**headers, **refusal.headers}
         current_app.logger.exception("callback failed unexpectedly")
         error = GatewayError()
         return _page("failure", error.status, provider=None, user_email=None, error=error.code,
@@ -205,12 +214,19 @@ def revoke():
 def health():
     answer = {"status": "healthy", "database": "connected", "encryption": "operational",
               "version": __version__}
+    database = outage.current()
     try:
         db.session.execute(text("SELECT 1"))
         db.session.rollback()
-    except Exception:
-        current_app.logger.exception("health check: database unreachable")
+    except Exception as exc:
+        if not outage.is_unavailable(exc):
+            current_app.logger.exception("health check: database unreachable")
+        database.noticed(exc)  # logged once per outage, not once per check
         answer.update(status="degraded", database="unavailable")
+    else:
+        database.reached()
+    # Reported, never a reason for 503: a provider's trouble is not this instance's.
+    answer["providers"] = breaker.breakers().states()
     try:
         gateway().keyring.check()
     except Exception:

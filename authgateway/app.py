@@ -7,8 +7,8 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from . import breaker, log_setup, outage, ratelimit
 from . import config as settings_module
-from . import log_setup, ratelimit
 from .api import auth, count_request, meta
 from .apikeys import ApiKeyCache
 from .cli import register_commands
@@ -44,7 +44,7 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(
         app.config["SQLALCHEMY_DATABASE_URI"], app.config["DB_POOL_SIZE"],
-        app.config["DB_PREPARE_THRESHOLD"],
+        app.config["DB_PREPARE_THRESHOLD"], app.config["DB_TIMEOUT"],
     )
     log_setup.init_app(app)
 
@@ -66,9 +66,12 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
         extra=app.config.get("PLUGINS", ()),
     )
     limiter = ratelimit.init_app(app)
+    database = outage.init_app(app)
+    providers = Providers(pm, settings, app.config["PROVIDER_TIMEOUT"])
+    breaker.init_app(app, providers.names())
     app.extensions["authgateway"] = Gateway(
         keyring=keyring,
-        providers=Providers(pm, settings, app.config["PROVIDER_TIMEOUT"]),
+        providers=providers,
         settings=settings,
         api_keys=ApiKeyCache(app.config["API_KEY"], app.config["APIKEY_CACHE_SECONDS"]),
         reader=reader,
@@ -82,6 +85,15 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
     app.register_blueprint(auth)
     app.register_blueprint(meta)
     app.after_request(count_request)
+
+    @app.after_request
+    def probe_during_outage(response):
+        # An answer that did not fail, during an outage, may not have used the database:
+        # the outage ends when a probe says so (at most one a second).
+        if database.active and response.status_code < 500:
+            database.probe()
+        return response
+
     _register_error_handlers(app)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)
@@ -112,6 +124,9 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if outage.is_unavailable(exc):
+            refusal = outage.of(app).refused(exc)
+            return jsonify(refusal.to_dict()), refusal.status, refusal.headers
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(GatewayError().to_dict()), 500
 

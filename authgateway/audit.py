@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from flask import Flask, current_app, g, has_request_context
 from sqlalchemy import Connection, insert, select
 
-from . import emails, metrics
+from . import emails, metrics, outage
 from .extensions import db
 from .models import AuditEvent, utcnow
 
@@ -126,8 +126,13 @@ class ServedTokens:
         try:
             with self._app.app_context(), db.engine.begin() as connection:
                 connection.execute(insert(AuditEvent.__table__), rows)
-        except Exception:
-            log.exception("could not write %d token_served audit events; will retry", len(rows))
+        except Exception as exc:
+            if outage.is_unavailable(exc):
+                with self._app.app_context():
+                    outage.of(self._app).noticed(exc)  # logged once per outage
+            else:
+                log.exception("could not write %d token_served audit events; will retry",
+                              len(rows))
             for key, (count, first, last) in counts.items():
                 self._merge(key, count, first, last)
             return 0

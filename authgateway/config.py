@@ -37,6 +37,10 @@ DEFAULTS: dict[str, object] = {
     "SESSION_EXPIRY_MINUTES": 10,
     "TOKEN_REFRESH_BUFFER_SECONDS": 300,
     "PROVIDER_TIMEOUT": 10.0,
+    # Refreshes at one provider in flight at once, per process; None: a quarter of THREADS.
+    "REFRESH_CONCURRENCY": None,
+    "BREAKER_FAILURES": 5,  # transient failures in a row that open a provider's breaker
+    "BREAKER_COOLDOWN_SECONDS": 30.0,  # how long an open breaker fails fast before a trial
     "APIKEY_CACHE_SECONDS": 5.0,
     "HOST": "127.0.0.1",
     "PORT": 8000,
@@ -52,6 +56,7 @@ DEFAULTS: dict[str, object] = {
     "LOAD_PLUGINS": True,
     "BLOCK_PLUGINS": "",
     "DB_POOL_SIZE": 10,
+    "DB_TIMEOUT": 5.0,  # seconds: connecting, waiting for a pooled connection, one statement
     "DB_PREPARE_THRESHOLD": 5,  # psycopg's default; "none" behind PgBouncer < 1.21
     "PG_RAW_READ": True,  # the token read through libpq below psycopg (storage.RowReader)
     "METRICS_TOKEN": None,
@@ -144,6 +149,12 @@ def validate(config: dict, instance_path: str, *,
     _number(config, "IDLE_TIMEOUT", int, 1, 3600)
     _number(config, "MAX_CONTENT_LENGTH", int, 1024, 1 << 30)
     _number(config, "DB_POOL_SIZE", int, 1, 1000)
+    _number(config, "DB_TIMEOUT", float, 0.5, 300)
+    if config["REFRESH_CONCURRENCY"] in (None, ""):
+        config["REFRESH_CONCURRENCY"] = max(1, config["THREADS"] // 4)
+    _number(config, "REFRESH_CONCURRENCY", int, 1, 256)
+    _number(config, "BREAKER_FAILURES", int, 1, 1000)
+    _number(config, "BREAKER_COOLDOWN_SECONDS", float, 0.1, 3600)
     _number(config, "TRUSTED_PROXIES", int, 0, 10)
     _number(config, "AUDIT_FLUSH_SECONDS", float, 0.01, 3600)
     if str(config["DB_PREPARE_THRESHOLD"]).strip().lower() in ("none", "off", ""):

@@ -111,6 +111,13 @@ class ProviderUnavailableError(GatewayError):
     status, code = 502, "provider_unavailable"
     default_message = "The provider could not be reached; the stored credential is unchanged."
 
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        if retry_after is None:
+            super().__init__(message)
+            return
+        super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
+
 
 class ProviderMisconfiguredError(GatewayError):
     status, code = 502, "provider_misconfigured"
@@ -138,4 +145,14 @@ class RateLimitedError(GatewayError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class DatabaseUnavailableError(GatewayError):
+    status, code = 503, "database_unavailable"
+    default_message = ("The gateway's database cannot be reached right now; nothing was "
+                       "changed: retry after the time in retry_after.")
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after=retry_after)
         self.headers = {"Retry-After": str(retry_after)}

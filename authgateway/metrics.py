@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -68,6 +68,19 @@ API_KEY_REFUSALS = Counter(
     "and what its scope lacks: operation, provider, user or flow.",
     ["api_key", "lacks"],
 )
+PROVIDER_BREAKER = Gauge(
+    "authgateway_provider_breaker",
+    "State of each provider's refresh breaker in this process: 0 closed, 1 open (refreshes "
+    "fail fast), 2 half-open (one trial call in flight).",
+    ["provider"],
+    multiprocess_mode="max",
+)
+PROVIDER_REFUSALS = Counter(
+    "authgateway_provider_refusals",
+    "Refreshes not attempted, by provider and reason: busy (the provider's refresh slots were "
+    "all taken) or open (its breaker was open).",
+    ["provider", "reason"],
+)
 
 #: How tokens.py says an answer was obtained, as an operator reads it.
 TOKEN_OUTCOMES = {"fresh": "refreshed_by_peer", "failed": "stale_after_failure"}
@@ -108,6 +121,14 @@ def _series(metric, *labels: str):
 def token_answered(provider: str, outcome: str) -> None:
     """One answer of /auth/token: how tokens.py got it, or the error code it raised."""
     _series(TOKEN_ANSWERS, provider, TOKEN_OUTCOMES.get(outcome, outcome)).inc()
+
+
+def breaker_state(provider: str, value: int) -> None:
+    _series(PROVIDER_BREAKER, provider).set(value)
+
+
+def provider_refused(provider: str, reason: str) -> None:
+    _series(PROVIDER_REFUSALS, provider, reason).inc()
 
 
 def refused(api_key: str, lacks: str) -> None:

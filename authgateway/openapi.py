@@ -10,6 +10,7 @@ ERROR_CODES = [
     "invalid_api_key", "not_found", "method_not_allowed", "session_not_found",
     "not_authenticated", "refresh_failed", "provider_unavailable", "provider_misconfigured",
     "decryption_failed", "rate_limited", "internal_error", "forbidden", "insufficient_scope",
+    "database_unavailable",
 ]
 
 TIME = {"type": "string", "format": "date-time"}
@@ -49,10 +50,21 @@ AUTH_ERRORS = {
                                         "schema": {"type": "integer", "minimum": 1}}}},
 }
 
+RETRY_AFTER = {"description": "Seconds to wait before retrying.",
+               "schema": {"type": "integer", "minimum": 1}}
+#: Any endpoint that reads the database (an API key's check does) while it is unreachable.
+DATABASE_UNAVAILABLE = {**_error("database_unavailable: the database cannot be reached right "
+                                 "now; retry after Retry-After"),
+                        "headers": {"Retry-After": {**RETRY_AFTER, "required": True}}}
+#: The endpoints whose 503 may also be provider_not_configured, which has no Retry-After.
+NOT_CONFIGURED_OR_DATABASE = {
+    **_error("provider_not_configured, or database_unavailable (with Retry-After)"),
+    "headers": {"Retry-After": RETRY_AFTER}}
+
 #: The /auth endpoints also check the key's scope.
 FORBIDDEN = _error("invalid_api_key, or forbidden: the key is valid but its scope does not "
                    "cover this provider, this user or this operation (the message says which)")
-SCOPED_ERRORS = {**AUTH_ERRORS, "403": FORBIDDEN}
+SCOPED_ERRORS = {**AUTH_ERRORS, "403": FORBIDDEN, "503": DATABASE_UNAVAILABLE}
 
 
 def openapi_document(version: str, providers: list[str] | None = None) -> dict:
@@ -99,7 +111,7 @@ def _document(version: str) -> dict:
                 "responses": {"200": _json("InitResponse"),
                               "400": _error("invalid_request or unsupported_provider"),
                               "413": _error("invalid_request: body over 64 KiB"),
-                              "503": _error("provider_not_configured"), **SCOPED_ERRORS},
+                              **SCOPED_ERRORS, "503": NOT_CONFIGURED_OR_DATABASE},
             }},
             "/auth/callback/{provider}": {"get": {
                 "summary": "Where the provider sends the person back (an HTML page)",
@@ -117,7 +129,8 @@ def _document(version: str) -> dict:
                                   ("200", "Connected"), ("400", "Refused, or account_mismatch"),
                                   ("403", "email_mismatch"), ("404", "Unknown state"),
                                   ("410", "Expired"), ("500", "decryption_failed"),
-                                  ("502", "The code exchange failed"))},
+                                  ("502", "The code exchange failed"),
+                                  ("503", "database_unavailable: reload in a few seconds"))},
             }},
             "/auth/status/{session_id}": {"get": {
                 "summary": "Poll a flow",
@@ -142,8 +155,12 @@ def _document(version: str) -> dict:
                               "413": _error("invalid_request: body over 64 KiB"),
                               "429": AUTH_ERRORS["429"],
                               "500": _error("decryption_failed"),
-                              "502": _error("provider_unavailable or provider_misconfigured"),
-                              "503": _error("provider_not_configured")},
+                              "502": {**_error("provider_unavailable (with Retry-After when "
+                                               "the provider's breaker or its refresh slots "
+                                               "turned the call away) or "
+                                               "provider_misconfigured"),
+                                      "headers": {"Retry-After": RETRY_AFTER}},
+                              "503": NOT_CONFIGURED_OR_DATABASE},
             }},
             "/auth/providers/{user_email}": {"get": {
                 "summary": "What a user has connected",
@@ -161,7 +178,7 @@ def _document(version: str) -> dict:
                               "400": _error("invalid_request or unsupported_provider"),
                               "404": _error("not_authenticated"),
                               "413": _error("invalid_request: body over 64 KiB"),
-                              "503": _error("provider_not_configured"), **SCOPED_ERRORS},
+                              **SCOPED_ERRORS, "503": NOT_CONFIGURED_OR_DATABASE},
             }},
             "/health": {"get": {
                 "summary": "Health for load balancers", "security": [],
@@ -174,7 +191,7 @@ def _document(version: str) -> dict:
                                       "content": {media: {"schema": {"type": "string"}}
                                                   for media in ("text/plain",
                                                                 "application/openmetrics-text")}},
-                              **AUTH_ERRORS},
+                              **AUTH_ERRORS, "503": DATABASE_UNAVAILABLE},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],
@@ -207,7 +224,11 @@ SCHEMAS = {
                        "message": {"type": "string"},
                        "auth_required": {"type": "boolean"},
                        "retry_after": {"type": "integer", "minimum": 1,
-                                       "description": "With rate_limited: as Retry-After."},
+                                       "description": "As Retry-After: with rate_limited, "
+                                                      "database_unavailable, and "
+                                                      "provider_unavailable when the call was "
+                                                      "turned away without asking the "
+                                                      "provider."},
                        "missing_scopes": {"type": "array", "items": {"type": "string"},
                                           "description": "With insufficient_scope: the scopes "
                                                          "the call asked for that the grant "
@@ -264,8 +285,16 @@ SCHEMAS = {
                        "properties": {"success": {"type": "boolean"},
                                       "message": {"type": "string"},
                                       "provider_revoked": {"type": "boolean"}}},
-    "Health": {"type": "object", "required": ["status", "database", "encryption", "version"],
+    "Health": {"type": "object",
+               "required": ["status", "database", "encryption", "version", "providers"],
                "properties": {"status": {"type": "string", "enum": ["healthy", "degraded"]},
                               "database": {"type": "string"}, "encryption": {"type": "string"},
-                              "version": {"type": "string"}}},
+                              "version": {"type": "string"},
+                              "providers": {
+                                  "type": "object",
+                                  "description": "Each provider's refresh breaker in this "
+                                                 "process; never a reason for 503.",
+                                  "additionalProperties": {
+                                      "type": "string",
+                                      "enum": ["closed", "open", "half_open"]}}}},
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import itertools
+import math
 import os
 import re
 import threading
@@ -33,11 +34,16 @@ IDLE_PING_SECONDS = 10.0
 POOL_RECYCLE_SECONDS = 3600
 
 
-def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) -> dict:
+def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5,
+                   timeout: float = 5.0) -> dict:
+    """``timeout`` bounds each wait on the database: for a pooled connection, for a new one,
+    and (PostgreSQL) for one statement, so that a database in trouble is an error within
+    seconds, never a request that hangs."""
     # As many connections again in overflow for bursts. LIFO: the connection handed out is the
     # one used last, so under light load the same few stay warm (their prepared statements too)
     # and the others age out of use.
-    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_use_lifo": True}
+    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_use_lifo": True,
+            "pool_timeout": timeout}
     if url.startswith("sqlite"):
         # Waits for SQLite's write lock instead of failing at once while another writer holds it.
         options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
@@ -50,8 +56,13 @@ def engine_options(url: str, pool_size: int, prepare_threshold: int | None = 5) 
     # itself. configure_engine pings only connections that were idle (IDLE_PING_SECONDS).
     # psycopg prepares a statement on the server after ``prepare_threshold`` executions; None
     # turns that off, which PgBouncer in transaction mode before 1.21 needs (docs/scale-out.md).
+    # libpq's connect_timeout counts whole seconds (and at least 2). The statement timeout is
+    # a startup parameter: no round trip per connection. PgBouncer refuses unknown startup
+    # parameters; told to ignore this one, it does not apply it (docs/scale-out.md).
     return {**pool, "pool_recycle": POOL_RECYCLE_SECONDS,
-            "connect_args": {"prepare_threshold": prepare_threshold}}
+            "connect_args": {"prepare_threshold": prepare_threshold,
+                             "connect_timeout": max(2, math.ceil(timeout)),
+                             "options": f"-c statement_timeout={round(timeout * 1000)}"}}
 
 
 class RowReader:
@@ -337,7 +348,7 @@ CREDENTIAL_LOCK_FILES = 256
 
 
 @contextmanager
-def credential_transaction(credential_id: int) -> Iterator[Connection]:
+def credential_transaction(credential_id: int, lock_wait: float) -> Iterator[Connection]:
     """A transaction in which a credential is read, the provider called, and the outcome
     written, while every other caller of this function for the same credential waits, across
     threads and processes: the refresh path's one-refresh rule, revocation, and the write of
@@ -354,10 +365,16 @@ def credential_transaction(credential_id: int) -> Iterator[Connection]:
     once the provider has answered. Writers that do not take this lock (a re-encryption, a
     gateway of an earlier version) may commit in between: the caller's writes must be
     conditional on what it read.
+
+    ``lock_wait`` (seconds) replaces the statement timeout in this transaction: waiting for
+    the lock means waiting for another holder's provider call, which may take longer than a
+    statement is otherwise allowed.
     """
     engine = db.engine
     if engine.dialect.name != "sqlite":
         with engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"SET LOCAL statement_timeout = {round(lock_wait * 1000):d}")
             yield connection
         return
     with (_process_lock(("credential", credential_id)),

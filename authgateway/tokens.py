@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import Connection, Row, bindparam, delete, select, update
 
-from . import audit, metrics
+from . import audit, breaker, metrics
 from .context import gateway
 from .errors import (
     DecryptionFailedError,
@@ -69,6 +69,13 @@ _SEEN = select(*(credentials.c[name] for name in (
     "scopes", "authenticated_at", "last_refreshed_at", "last_error_at", "account",
 ))).where(*_ONE_CREDENTIAL)
 _LOCKED = select(credentials).where(*_ONE_CREDENTIAL).with_for_update()
+
+
+def _lock_wait() -> float:
+    """How long a caller may wait for a credential's lock: its holder may be at the provider
+    (discovery, then the call itself), then writing."""
+    config = current_app.config
+    return 2 * config["PROVIDER_TIMEOUT"] + config["DB_TIMEOUT"]
 
 
 def _read(connection: Connection, user_email: str, provider: str, *, lock: bool = False):
@@ -140,8 +147,15 @@ def _refresh(seen: Row, min_valid_seconds: float,
     """Refresh ``seen`` (read without the lock) under its row lock. Returns the token and how it
     was obtained: ``refreshed`` (asked the provider), ``fresh`` (another worker's new token) or
     ``failed`` (the refresh failed transiently; this is the stored token, still valid)."""
-    with credential_transaction(seen.id) as connection:
-        outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh)
+    # The provider's slot is taken before the lock: a caller turned away holds nothing, and
+    # waiting for the lock counts against the slots, since it holds a worker thread too.
+    try:
+        with breaker.breakers().guard(seen.provider).attempt() as attempt, \
+                credential_transaction(seen.id, _lock_wait()) as connection:
+            outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh,
+                                      attempt)
+    except breaker.Refused as refused:
+        outcome = _not_attempted(seen, force_refresh, refused)
     # Raised only now, after the commit: a needs_reauth mark and the failure bookkeeping must
     # outlive the error they explain, not be rolled back with it.
     if isinstance(outcome, GatewayError):
@@ -149,8 +163,22 @@ def _refresh(seen: Row, min_valid_seconds: float,
     return outcome
 
 
+def _not_attempted(seen: Row, force_refresh: bool,
+                   refused: breaker.Refused) -> tuple[AccessToken, str] | GatewayError:
+    """The provider was not asked: answer with the token read, if it has a few seconds left."""
+    if not force_refresh and _valid_for(seen, breaker.STALE_OK_SECONDS):
+        return _answer(seen), "failed"
+    info = gateway().providers.info(seen.provider)
+    why = ("is not answering refreshes" if refused.reason == "open"
+           else "is busy with as many refreshes as the gateway allows at once")
+    return ProviderUnavailableError(
+        f"{info.display_name} {why}; the stored credential is unchanged. Retry after "
+        f"{refused.retry_after} s.", retry_after=refused.retry_after)
+
+
 def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
-                    force_refresh: bool) -> tuple[AccessToken, str] | GatewayError:
+                    force_refresh: bool,
+                    attempt: breaker.Attempt) -> tuple[AccessToken, str] | GatewayError:
     """Under the row lock: answer with what another worker settled meanwhile, else ask the
     provider once and store its answer."""
     row = _read(connection, seen.user_email, seen.provider, lock=True)
@@ -169,8 +197,13 @@ def _refresh_locked(connection: Connection, seen: Row, min_valid_seconds: float,
     refresh_token = _decrypt(row, "refresh_token_encrypted")
     try:
         tokens = gateway().providers.refresh(row.provider, refresh_token=refresh_token)
-    except (InvalidGrant, ProviderMisconfigured, ProviderUnavailable) as exc:
+    except ProviderUnavailable as exc:
+        attempt.failed()
         return _refresh_refused(connection, row, exc, force_refresh)
+    except (InvalidGrant, ProviderMisconfigured) as exc:
+        attempt.answered()  # a refusal is an answer: the provider is up
+        return _refresh_refused(connection, row, exc, force_refresh)
+    attempt.answered()
     return _store_refreshed(connection, row, tokens, refresh_token)
 
 
@@ -377,7 +410,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                     also(connection)
                     return Stored(values["scopes"].split())
             continue  # another flow's callback stored one first: replace it, under its lock
-        with credential_transaction(seen.id) as connection:
+        with credential_transaction(seen.id, _lock_wait()) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
                 values = _grant_values(provider, subject, tokens, requested, row, account)
@@ -534,7 +567,7 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         seen = _read(connection, user_email, provider)
     if seen is None:
         raise NotAuthenticatedError()
-    with credential_transaction(seen.id) as connection:
+    with credential_transaction(seen.id, _lock_wait()) as connection:
         row = _read(connection, user_email, provider, lock=True)
         if row is None:
             raise NotAuthenticatedError()

@@ -91,6 +91,11 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # AUTH_GATEWAY_DB_TIMEOUT bounds what serving waits for; a migration (an index
+            # built on a large table) may take longer, and stopping it halfway helps nobody.
+            connection.exec_driver_sql("SET statement_timeout = 0")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
@@ -99,6 +104,9 @@ def run_migrations_online():
 
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("RESET statement_timeout")  # back to the engine's
+            connection.commit()
 
 
 if context.is_offline_mode():

@@ -95,6 +95,10 @@ def base_config(database_url: str, **overrides) -> dict:
         "LOG_LEVEL": "DEBUG",
         # Written explicitly at teardown instead, so no timer writes into another test's tables.
         "AUDIT_FLUSH_SECONDS": 3600,
+        # The storms here ask for one credential from many threads at once, to test the
+        # one-refresh rule; the refresh bulkhead, which would turn most of them away, is
+        # tested with its default in tests/test_provider_faults.py.
+        "REFRESH_CONCURRENCY": 64,
         # AUTH_GATEWAY_PG_RAW_READ=off runs the suite with psycopg's own token read.
         "PG_RAW_READ": os.environ.get("AUTH_GATEWAY_PG_RAW_READ", True),
     }

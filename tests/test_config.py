@@ -56,11 +56,23 @@ def test_the_default_database_is_sqlite_in_the_instance_folder():
     ({"CONNECTION_LIMIT": "5"}, "AUTH_GATEWAY_CONNECTION_LIMIT must be a number between 10 and"),
     ({"IDLE_TIMEOUT": "0"}, "AUTH_GATEWAY_IDLE_TIMEOUT must be a number between 1 and 3600"),
     ({"MAX_CONTENT_LENGTH": "64k"}, "AUTH_GATEWAY_MAX_CONTENT_LENGTH must be a number"),
+    ({"DB_TIMEOUT": "0"}, "AUTH_GATEWAY_DB_TIMEOUT must be a number between 0.5 and 300"),
+    ({"REFRESH_CONCURRENCY": "0"}, "AUTH_GATEWAY_REFRESH_CONCURRENCY must be a number"),
+    ({"BREAKER_FAILURES": "many"}, "AUTH_GATEWAY_BREAKER_FAILURES must be a number"),
+    ({"BREAKER_COOLDOWN_SECONDS": "-1"}, "AUTH_GATEWAY_BREAKER_COOLDOWN_SECONDS must be a"),
 ])
 def test_bad_settings_stop_startup_with_one_clear_sentence(tmp_path, overrides, names):
     config = base_config(f"sqlite:///{tmp_path}/x.sqlite", **overrides)
     with pytest.raises(ConfigError, match=names):
         create_app(config)
+
+
+@pytest.mark.parametrize("threads,concurrency", [(8, 2), (3, 1), (64, 16)])
+def test_refreshes_per_provider_default_to_a_quarter_of_the_threads(tmp_path, threads,
+                                                                    concurrency):
+    config = base_config(f"sqlite:///{tmp_path}/x.sqlite", THREADS=threads,
+                         REFRESH_CONCURRENCY=None)
+    assert create_app(config).config["REFRESH_CONCURRENCY"] == concurrency
 
 
 def test_a_duplicate_key_stops_startup(tmp_path):

@@ -143,8 +143,11 @@ def pg(postgres_url, fake, tmp_path_factory):
     """This process's app and two gateway processes, all on one PostgreSQL database."""
     app = migrated_app(postgres_url, fake)
     tmp = tmp_path_factory.mktemp("gateways")
+    # Every storm here is at one provider on purpose, with every thread: its refresh bulkhead
+    # is as wide as the thread pool, so nothing is turned away before the row lock decides.
     gateways = start_gateways(2, gateway_env(postgres_url, fake, tmp,
-                                             AUTH_GATEWAY_THREADS="16"), tmp)
+                                             AUTH_GATEWAY_THREADS="16",
+                                             AUTH_GATEWAY_REFRESH_CONCURRENCY="16"), tmp)
     yield app, gateways
     for gw in gateways:
         gw.stop()
@@ -382,8 +385,9 @@ def sqlite_gateways(google: FakeGoogle, tmp_path: Path, processes: int,
     """This process's app and ``processes`` gateway processes on one new SQLite file."""
     url = "sqlite:///" + str(tmp_path / "gateway.sqlite")
     app = migrated_app(url, google)
-    gateways = start_gateways(processes, gateway_env(url, google, tmp_path,
-                                                     AUTH_GATEWAY_THREADS=str(threads)), tmp_path)
+    gateways = start_gateways(processes, gateway_env(
+        url, google, tmp_path, AUTH_GATEWAY_THREADS=str(threads),
+        AUTH_GATEWAY_REFRESH_CONCURRENCY=str(threads)), tmp_path)
     try:
         yield app, gateways
     finally:

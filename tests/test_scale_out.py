@@ -168,6 +168,9 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {folder}/users.txt
 pool_mode = transaction
+# The gateway sends its statement timeout as a startup parameter (options), which PgBouncer
+# refuses unless told to ignore it.
+ignore_startup_parameters = options
 default_pool_size = {pool_size}
 max_client_conn = 200
 logfile = {folder}/pgbouncer.log

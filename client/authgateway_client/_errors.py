@@ -156,9 +156,20 @@ class InsufficientScope(AuthRequired):
     code, status = "insufficient_scope", 403
 
 
-class ProviderUnavailable(GatewayError):
-    """The provider could not be reached; the credential is unchanged: retry later, never send
-    the user to re-authorize for this."""
+class _RetryAfter:
+    detail: dict[str, Any]
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait, when the gateway said."""
+        value = self.detail.get("retry_after")
+        return float(value) if isinstance(value, int | float) else None
+
+
+class ProviderUnavailable(_RetryAfter, GatewayError):
+    """The provider could not be reached, or the gateway did not ask it (its breaker is open,
+    or its refresh slots are busy: then ``retry_after`` says when to try again); the credential
+    is unchanged: retry later, never send the user to re-authorize for this."""
 
     code, status, retryable = "provider_unavailable", 502, True
 
@@ -173,16 +184,17 @@ class DecryptionFailed(GatewayError):
     code, status = "decryption_failed", 500
 
 
-class RateLimited(GatewayError):
+class RateLimited(_RetryAfter, GatewayError):
     """Too many calls; not retried by the client, since the wait may be long."""
 
     code, status, retryable = "rate_limited", 429, True
 
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds to wait, when the gateway said."""
-        value = self.detail.get("retry_after")
-        return float(value) if isinstance(value, int | float) else None
+
+class DatabaseUnavailable(_RetryAfter, GatewayError):
+    """The gateway's database cannot be reached right now; nothing changed: retry after
+    ``retry_after`` seconds."""
+
+    code, status, retryable = "database_unavailable", 503, True
 
 
 class InternalError(GatewayError):
@@ -217,7 +229,7 @@ ERROR_CLASSES: dict[str, type[GatewayError]] = {
     for cls in (InvalidRequest, UnsupportedProvider, ProviderNotConfigured, MissingApiKey,
                 InvalidApiKey, NotFound, MethodNotAllowed, SessionNotFound, NotAuthenticated,
                 RefreshFailed, InsufficientScope, ProviderUnavailable, ProviderMisconfigured,
-                DecryptionFailed, RateLimited, InternalError, Forbidden)
+                DecryptionFailed, RateLimited, InternalError, Forbidden, DatabaseUnavailable)
 }
 
 

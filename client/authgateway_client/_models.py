@@ -142,6 +142,9 @@ class Health:
     database: str
     encryption: str
     version: str | None
+    #: Each provider's refresh breaker in that gateway process: closed, open or half_open
+    #: (None from a gateway that does not report them).
+    providers: dict[str, str] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -149,4 +152,6 @@ class Health:
 
     @classmethod
     def from_json(cls, data: dict) -> Health:
-        return cls(data["status"], data["database"], data["encryption"], data.get("version"))
+        providers = data.get("providers")
+        return cls(data["status"], data["database"], data["encryption"], data.get("version"),
+                   dict(providers) if providers is not None else None)
