@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from authgateway_client import verify_webhook
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
@@ -117,6 +118,10 @@ def test_each_event_type_arrives_once_signed(hooked, receiver, google):
     assert "ya29" not in text and "encrypted" not in text and secret[6:] not in text
     assert deliver(app) == 0  # delivered once, never again
     assert len(receiver.wait_for(7, timeout=0.3)) == 6
+    # The client reads the same requests, with the standard library only.
+    typed = {type(verify_webhook(r.body, r.headers, secret)).__name__ for r in received}
+    assert typed == {"CredentialConnected", "CredentialScopesChanged", "CredentialNeedsReauth",
+                     "CredentialRecovered", "CredentialRevoked", "FlowFailed"}
 
 
 def test_a_receiver_that_fails_twice_gets_the_same_id_three_times(hooked, receiver):
