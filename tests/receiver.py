@@ -30,6 +30,8 @@ class Receiver:
         self.fail_next = 0
         self.hang_seconds = 0.0
         self.status = 204
+        self.answer_body = b""
+        self.answer_headers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         receiver = self
@@ -47,8 +49,11 @@ class Receiver:
                 if hang:
                     time.sleep(hang)
                 self.send_response(500 if failing else receiver.status)
-                self.send_header("Content-Length", "0")
+                for name, value in receiver.answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(receiver.answer_body)))
                 self.end_headers()
+                self.wfile.write(receiver.answer_body)
 
             def log_message(self, *_args) -> None:
                 pass
