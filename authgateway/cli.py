@@ -19,7 +19,7 @@ from flask.cli import with_appcontext
 
 from . import apikeys as apikeys_module
 from . import audit as audit_module
-from . import rotation, webhooks
+from . import delivery, rotation
 from .config import DEV_SETTINGS, instance_folder
 from .context import gateway
 from .crypto import KeyRing, generate_key
@@ -486,7 +486,7 @@ def serve(host: str | None, port: int | None) -> None:
     _keyring()
     app = current_app._get_current_object()
     if app.config["WEBHOOK_WORKER"]:
-        webhooks.start_worker(app)
+        delivery.start_worker(app)
     host = host or app.config["HOST"]
     port = port or app.config["PORT"]
     # A connection costs one open file; the rest of the process (database pool, logs, waitress's

@@ -7,6 +7,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from . import delivery
 from . import webhooks as webhooks_module
 from .cli import Group, keyring_checked
 from .events import TYPES
@@ -104,7 +105,7 @@ def webhooks_deliver() -> None:
     """Send every due delivery and exit: for cron, when AUTH_GATEWAY_WEBHOOK_WORKER is off.
     Safe beside serving processes and other runs."""
     keyring_checked()
-    click.echo(f"Delivered {webhooks_module.deliver_due()} events.")
+    click.echo(f"Delivered {delivery.deliver_due()} events.")
 
 
 @webhooks.command("purge")

@@ -19,7 +19,7 @@ from authgateway_client import verify_webhook
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from authgateway import events, hookimpl, outbox, tokens, webhooks
+from authgateway import delivery, events, hookimpl, outbox, tokens
 from authgateway.context import gateway
 from authgateway.extensions import db
 from authgateway.models import DELIVERED, FAILED, AuditEvent, WebhookDelivery
@@ -71,7 +71,7 @@ def hooked(make_app, receiver):
 
 def deliver(app) -> int:
     with app.app_context():
-        return webhooks.deliver_due()
+        return delivery.deliver_due()
 
 
 def verified(received, secret: str) -> list[dict]:
@@ -128,7 +128,7 @@ def test_a_receiver_that_fails_twice_gets_the_same_id_three_times(hooked, receiv
     app, heard, secret = hooked
     receiver.fail_next = 2
     connect(app.test_client())
-    worker = webhooks.start_worker(app)
+    worker = delivery.start_worker(app)
     try:
         received = receiver.wait_for(3)
     finally:
@@ -239,7 +239,7 @@ def test_a_hanging_receiver_slows_neither_tokens_nor_other_endpoints(make_app, g
             assert runner.invoke(args=["webhooks", "add", receiver.url]).exit_code == 0
         for n in range(5):
             connect(client, email=f"user{n}@example.com")
-        worker = webhooks.start_worker(app)
+        worker = delivery.start_worker(app)
         try:
             assert len(hanging.wait_for(1)) == 1  # the worker is now stuck on it
             assert len(healthy.wait_for(5, timeout=2.5)) == 5  # before the hang times out
