@@ -37,8 +37,8 @@ MAX_DELAY_SECONDS = 3600.0
 CLAIM_SIZE = 20
 #: Threads per process that send, one endpoint each at a time.
 SENDERS = 8
-#: How long past the sends' own timeouts a claim keeps other processes away.
-CLAIM_MARGIN_SECONDS = 60.0
+#: A claim lasts twice as long as its sends may take, plus this, for the writes between them.
+CLAIM_MARGIN_SECONDS = 5.0
 
 
 def retry_delay(attempts: int, first: float) -> float:
@@ -66,10 +66,11 @@ def claim(busy: set[int], limit: int = CLAIM_SIZE, due_by: datetime | None = Non
              .with_for_update(skip_locked=True, of=d))
     if busy:
         query = query.where(d.c.endpoint_id.not_in(busy))
-    lease = timedelta(seconds=CLAIM_MARGIN_SECONDS + limit * config["WEBHOOK_TIMEOUT"])
     with locked_transaction(("webhooks", "claim")) as connection:
         rows = connection.execute(query).all()
         if rows:
+            lease = timedelta(seconds=CLAIM_MARGIN_SECONDS
+                              + 2 * len(rows) * config["WEBHOOK_TIMEOUT"])
             connection.execute(update(d).where(d.c.id.in_([row.id for row in rows]))
                                .values(next_attempt_at=now + lease))
     return rows

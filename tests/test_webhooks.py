@@ -378,3 +378,39 @@ def test_sigkill_after_the_commit_and_before_the_send_loses_nothing(
     assert deliver(app) == 1  # after the restart
     revoked = receiver.wait_for(2)[1]
     assert verified([revoked], secret)[0]["type"] == events.REVOKED
+
+
+KILLED_WHILE_SENDING = """
+import json, sys
+from authgateway import create_app, delivery
+
+app = create_app(json.loads(sys.argv[1]))
+with app.app_context():
+    delivery.deliver_due()
+"""
+
+
+def test_sigkill_while_sending_sends_again_once_the_claim_lapses(
+        make_app, receiver, database_url):
+    app = make_app(**FAST)
+    secret = app.test_cli_runner().invoke(args=["webhooks", "add", receiver.url]).stdout.strip()
+    connect(app.test_client())
+    receiver.hang_seconds = 30
+    config = {key: value for key, value in base_config(database_url, WEBHOOK_TIMEOUT=0.5,
+                                                       WEBHOOK_WORKER=False).items()
+              if key != "PLUGINS"}
+    sender = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_SENDING, json.dumps(config)])
+    try:
+        assert len(receiver.wait_for(1, timeout=30)) == 1  # the request is in flight
+        receiver.hang_seconds = 0
+    finally:
+        sender.send_signal(signal.SIGKILL)
+        sender.wait(10)
+    assert deliver(app) == 0  # still claimed by the dead process: nobody sends it twice at once
+    deadline = time.monotonic() + 20
+    while deliver(app) == 0:
+        assert time.monotonic() < deadline, "the claim never lapsed"
+        time.sleep(0.5)
+    received = receiver.wait_for(2)
+    assert len(received) == 2 and received[0].id == received[1].id
+    verified(received[1:], secret)
