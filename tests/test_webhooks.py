@@ -414,3 +414,21 @@ def test_sigkill_while_sending_sends_again_once_the_claim_lapses(
     received = receiver.wait_for(2)
     assert len(received) == 2 and received[0].id == received[1].id
     verified(received[1:], secret)
+
+
+def test_a_refresh_that_narrows_the_grant_says_so(hooked, receiver, google):
+    """The person removed a permission at the provider: the next refresh answers fewer scopes."""
+    app, heard, secret = hooked
+    client = app.test_client()
+    connect(client, scopes=[EXTRA_SCOPE])
+    for grant in google._grants:
+        grant.scopes = [scope for scope in grant.scopes if scope != EXTRA_SCOPE]
+    assert token(client, force_refresh=True).status_code == 200
+    assert [event.type for event in heard.events] == [events.CONNECTED, events.SCOPES_CHANGED]
+    changed = heard.events[1].data
+    assert EXTRA_SCOPE in changed["previous_scopes"] and EXTRA_SCOPE not in changed["scopes"]
+    assert deliver(app) == 2
+    assert [body["type"] for body in verified(receiver.wait_for(2), secret)] == [
+        events.CONNECTED, events.SCOPES_CHANGED]
+    assert token(client, force_refresh=True).status_code == 200  # unchanged: no event
+    assert len(heard.events) == 2
