@@ -161,9 +161,11 @@ def token():
             exc.extra["provider_display_name"] = info.display_name
         raise
     audit.token_served(g.api_key_name, user_email, provider)
-    body = _TOKEN_JSON.encode({"access_token": answer.access_token,
-                               "token_type": answer.token_type,
-                               "expires_at": _time(answer.expires_at), "scopes": answer.scopes})
+    fields = {"access_token": answer.access_token, "token_type": answer.token_type,
+              "expires_at": _time(answer.expires_at), "scopes": answer.scopes}
+    if answer.account is not None:  # absent, not null, for providers that have none
+        fields["account"] = answer.account
+    body = _TOKEN_JSON.encode(fields)
     return Response(body + "\n", mimetype="application/json")
 
 

@@ -243,7 +243,8 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
 
     try:
         granted = store_credential(user_email, info.name, identity.subject, tokens,
-                                   requested=requested, also=complete, api_key_name=actor)
+                                   requested=requested, also=complete,
+                                   account=_account(tokens, identity), api_key_name=actor)
     except AccountMismatch:
         _fail(db.session.get(AuthSession, session_id), "account_mismatch")
         raise CallbackFailed(400, "account_mismatch",
@@ -252,6 +253,13 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
                              "accounts.", info, user_email) from None
     return CallbackSucceeded(provider=info, user_email=user_email, scopes=granted,
                              declined=info.missing_scopes(granted, requested))
+
+
+def _account(tokens: TokenSet, identity: Identity) -> dict | None:
+    """The account object of a completed flow: the token answer's, with what the identity
+    call said over it; None when neither said anything."""
+    account = {**(tokens.account or {}), **(identity.account or {})}
+    return account or None
 
 
 def _claim(session: AuthSession) -> bool:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -70,6 +79,9 @@ class Credential(db.Model):
     last_error: Mapped[str | None] = mapped_column(String(64))
     last_error_kind: Mapped[str | None] = mapped_column(String(16))
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The provider's ``account`` object (``authgateway.providers.TokenSet.account``), returned
+    #: to callers with the token. None is SQL NULL, not a JSON ``null``.
+    account: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -19,6 +19,7 @@ EMAIL = {"type": "string", "format": "email", "maxLength": 320,
 PROVIDER = {"$ref": "#/components/schemas/Provider"}
 PROVIDER_NAME = {"type": "string", "description": "A provider, e.g. google."}
 STORED_EMAIL = {"type": "string", "description": "Trimmed and lower-cased."}
+ACCOUNT = {"$ref": "#/components/schemas/Account"}
 #: RFC 6749 section 3.3: printable ASCII but space, '"' and '\\'.
 SCOPE = {"type": "string", "pattern": "^[\\x21\\x23-\\x5b\\x5d-\\x7e]{1,511}$"}
 
@@ -192,6 +193,14 @@ def _document(version: str) -> dict:
 
 
 SCHEMAS = {
+    "Account": {
+        "type": "object", "additionalProperties": True,
+        "description": "What the provider says about the account the token belongs to, beside "
+                       "the token: its own fields, as its plugin documents them (Slack: "
+                       "team_id, team_name; Microsoft: tenant_id). Never a token or a secret. "
+                       "Absent when the provider has none; updated when a refresh brings a "
+                       "new one.",
+        "examples": [{"team_id": "T0123ABCD", "team_name": "Example Inc"}]},
     "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {
         "type": "object", "required": ["error", "message", "auth_required"],
         "properties": {"error": {"type": "string", "enum": ERROR_CODES},
@@ -234,7 +243,7 @@ SCHEMAS = {
                                                      "scopes"], "properties": {
         "access_token": {"type": "string"}, "token_type": {"type": "string", "const": "Bearer"},
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
-        "scopes": {"type": "array", "items": {"type": "string"}}}},
+        "scopes": {"type": "array", "items": {"type": "string"}}, "account": ACCOUNT}},
     "ProvidersResponse": {"type": "object", "required": ["user_email", "providers"],
                           "properties": {"user_email": STORED_EMAIL, "providers": {
                               "type": "array", "items": {
@@ -247,7 +256,8 @@ SCHEMAS = {
                                                  "enum": ["active", "needs_reauth"]},
                                       "authenticated_at": TIME,
                                       "token_expires_at": {"type": ["string", "null"],
-                                                           "format": "date-time"}}}}}},
+                                                           "format": "date-time"},
+                                      "account": ACCOUNT}}}}},
     "RevokeRequest": {"type": "object", "required": ["provider", "user_email"],
                       "properties": {"provider": PROVIDER, "user_email": EMAIL}},
     "RevokeResponse": {"type": "object", "required": ["success", "message", "provider_revoked"],

@@ -4,7 +4,7 @@ lock), list them, revoke them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,6 +53,8 @@ class AccessToken:
     token_type: str
     expires_at: datetime | None
     scopes: list[str]
+    #: The provider's account object stored with the credential (``TokenSet.account``).
+    account: Mapping[str, object] | None = None
 
 
 # The statements are built once: SQLAlchemy then finds the compiled SQL and the result's column
@@ -63,7 +65,7 @@ _ONE_CREDENTIAL = (credentials.c.user_email == bindparam("user_email"),
 # changed meanwhile (_refresh_locked); each column fetched costs on every request.
 _SEEN = select(*(credentials.c[name] for name in (
     "id", "user_email", "provider", "status", "access_token_encrypted", "key_id", "expires_at",
-    "scopes", "authenticated_at", "last_refreshed_at", "last_error_at",
+    "scopes", "authenticated_at", "last_refreshed_at", "last_error_at", "account",
 ))).where(*_ONE_CREDENTIAL)
 _LOCKED = select(credentials).where(*_ONE_CREDENTIAL).with_for_update()
 
@@ -96,6 +98,7 @@ def _answer(row: Row) -> AccessToken:
         token_type="Bearer",
         expires_at=row.expires_at,
         scopes=row.scopes.split(),
+        account=row.account,
     )
 
 
@@ -237,7 +240,8 @@ def _store_refreshed(connection: Connection, row: Row, tokens: TokenSet,
             data={"scopes": values["scopes"].split(), "previous_scopes": row.scopes.split()}),
             connection)
     answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
-                         expires_at=values["expires_at"], scopes=values["scopes"].split())
+                         expires_at=values["expires_at"], scopes=values["scopes"].split(),
+                         account=values.get("account", row.account))
     return answer, "refreshed"
 
 
@@ -279,7 +283,7 @@ def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: st
     expires_at = (utcnow() + timedelta(seconds=tokens.expires_in)
                   if tokens.expires_in is not None else None)
     scopes = list(tokens.scopes) if tokens.scopes is not None else scopes_fallback
-    return {
+    values = {
         "access_token_encrypted": keyring.encrypt(tokens.access_token),
         "refresh_token_encrypted": keyring.encrypt(refresh_token) if refresh_token else None,
         "key_id": keyring.primary_id,
@@ -287,6 +291,9 @@ def _token_values(provider: str, tokens: TokenSet, *, refresh_token_fallback: st
         "scopes": " ".join(scopes),
         "status": ACTIVE,
     }
+    if tokens.account is not None:  # else the stored account stays
+        values["account"] = dict(tokens.account)
+    return values
 
 
 _warned_short_lifetimes: set[str] = set()
@@ -343,10 +350,13 @@ def _record_failure(connection: Connection, row: Row, kind: str, error: str) -> 
 
 def store_credential(user_email: str, provider: str, subject: str, tokens: TokenSet,
                      requested: list[str], *, also: Callable[[Connection], None],
+                     account: Mapping[str, object] | None = None,
                      api_key_name: str | None = None) -> list[str]:
     """Insert or replace the credential after a completed flow, and run ``also`` in the same
-    transaction; return the granted scopes. The event it causes (connected, recovered or
-    scopes_changed) names ``api_key_name``, the key that started the flow.
+    transaction; return the granted scopes. ``account`` (the provider's account object, None
+    for none) replaces the one stored: it describes this grant. The event it causes
+    (connected, recovered or scopes_changed) names ``api_key_name``, the key that started the
+    flow.
 
     Read and written under the credential's lock, as refresh and revoke hold it, so nothing
     commits in between: a revoke in flight finishes first, and this grant, newer than the
@@ -360,7 +370,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
             seen = _read(connection, user_email, provider)
         if seen is None:
             with outbox.announced(), db.engine.begin() as connection:
-                values = _grant_values(provider, subject, tokens, requested, None)
+                values = _grant_values(provider, subject, tokens, requested, None, account)
                 if _insert_if_absent(connection, user_email, provider, values):
                     also(connection)
                     outbox.record(_grant_event(None, values, user_email, provider,
@@ -370,7 +380,7 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
         with outbox.announced(), credential_transaction(seen.id) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
-                values = _grant_values(provider, subject, tokens, requested, row)
+                values = _grant_values(provider, subject, tokens, requested, row, account)
                 connection.execute(update(credentials).where(credentials.c.id == row.id)
                                    .values(**values))
                 also(connection)
@@ -400,7 +410,7 @@ class AccountMismatch(Exception):
 
 
 def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list[str],
-                  row: Row | None) -> dict:
+                  row: Row | None, account: Mapping[str, object] | None) -> dict:
     """The columns a completed flow sets, over ``row`` (read under its lock) if there is one.
     The credential is pinned to its subject: a provider that lets an email move between
     accounts must not let another account take over the user's connection (revoke first)."""
@@ -421,6 +431,7 @@ def _grant_values(provider: str, subject: str, tokens: TokenSet, requested: list
                         scopes_fallback=requested),
         "subject": subject, "authenticated_at": now, "refresh_failures": 0, "last_error": None,
         "last_error_kind": None, "last_error_at": None, "updated_at": now,
+        "account": dict(account) if account is not None else None,
     }
 
 
@@ -536,6 +547,7 @@ def user_providers(user_email: str) -> list[dict]:
             "status": row.status,
             "authenticated_at": row.authenticated_at,
             "token_expires_at": row.expires_at,
+            **({"account": row.account} if row.account is not None else {}),
         }
         for row in rows
     ]

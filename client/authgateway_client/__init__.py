@@ -52,6 +52,7 @@ from ._errors import (  # noqa: E402
     UnsupportedProvider,
 )
 from ._models import (  # noqa: E402
+    Account,
     AuthFlow,
     AuthStatus,
     Health,
@@ -90,6 +91,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ERROR_CLASSES",
     "URL_ENV",
+    "Account",
     "ApiKeyError",
     "AsyncGatewayClient",
     "AuthFlow",

@@ -3,8 +3,14 @@ datetimes. Import them from the package, ``authgateway_client``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+#: What the provider says about the account a token belongs to (Slack's team, Microsoft's
+#: tenant), as the provider's plugin documents it; None when the provider has none.
+Account = Mapping[str, Any]
 
 
 def _time(value: str | None) -> datetime | None:
@@ -64,6 +70,7 @@ class Token:
     token_type: str
     expires_at: datetime | None
     scopes: tuple[str, ...]
+    account: Account | None = field(default=None, hash=False)
 
     @property
     def authorization(self) -> str:
@@ -73,7 +80,8 @@ class Token:
     @classmethod
     def from_json(cls, data: dict) -> Token:
         return cls(data["access_token"], data.get("token_type") or "Bearer",
-                   _time(data.get("expires_at")), tuple(data.get("scopes") or ()))
+                   _time(data.get("expires_at")), tuple(data.get("scopes") or ()),
+                   data.get("account"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class ProviderConnection:
     status: str  # "active" | "needs_reauth"
     authenticated_at: datetime | None
     token_expires_at: datetime | None
+    account: Account | None = field(default=None, hash=False)
 
     @property
     def needs_reauth(self) -> bool:
@@ -91,7 +100,8 @@ class ProviderConnection:
     @classmethod
     def from_json(cls, data: dict) -> ProviderConnection:
         return cls(data["provider"], tuple(data.get("scopes") or ()), data["status"],
-                   _time(data.get("authenticated_at")), _time(data.get("token_expires_at")))
+                   _time(data.get("authenticated_at")), _time(data.get("token_expires_at")),
+                   data.get("account"))
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ def authgateway_fetch_identity(
     if not isinstance(account, str) or not account:
         raise IdentityError("Microsoft's id_token has no oid (it comes with the profile scope)")
     subject = f"{tenant}/{account}"
+    # The tenant, for a caller that calls Microsoft Graph or routes by organisation.
+    tenant_account = {"tenant_id": tenant}
     allowed = provider.allowed_tenants
     if allowed and tenant not in allowed:
         return Identity(subject=subject, unproven_reason=TENANT_REFUSED)
@@ -103,7 +105,8 @@ def authgateway_fetch_identity(
         return Identity(subject=subject, unproven_reason=NO_EMAIL)
     verified = tenant in allowed or claims.get("xms_edov") in (True, 1, "1", "true", "True")
     return Identity(subject=subject, email=email, email_verified=verified,
-                    unproven_reason=None if verified else UNVERIFIED_EMAIL)
+                    unproven_reason=None if verified else UNVERIFIED_EMAIL,
+                    account=tenant_account)
 
 
 def _issuers(provider: ProviderInfo, claims) -> tuple[str, ...]:

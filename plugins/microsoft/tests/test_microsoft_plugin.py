@@ -122,6 +122,14 @@ def test_the_tenant_placeholder_is_filled_with_the_tokens_tid(make_gateway, micr
     assert gateway.connections(EMAIL)["microsoft"]["status"] == "active"
 
 
+def test_the_tenant_is_returned_with_the_token_as_the_account(make_gateway, microsoft):
+    gateway = make_gateway()
+    page, _status = attempt(gateway)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    assert gateway.token("microsoft", EMAIL).get_json()["account"] == {"tenant_id": TENANT}
+    assert gateway.connections(EMAIL)["microsoft"]["account"] == {"tenant_id": TENANT}
+
+
 def test_an_iss_naming_another_tenant_than_tid_is_refused(make_gateway, microsoft):
     microsoft.issuer_override = microsoft.issuer_of(OTHER_TENANT)
     page, status = attempt(make_gateway())
