@@ -49,6 +49,8 @@ def refusal(url: str, allow_private: bool) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "bad_url"
+    if parts.username is not None or parts.password is not None:
+        return "credentials"
     if parts.scheme == "http" and not _names_loopback(parts.hostname):
         return "not_https"
     try:
@@ -76,6 +78,8 @@ def _names_loopback(host: str) -> bool:
 
 REFUSALS = {
     "bad_url": "is not an http(s) URL with a host",
+    "credentials": "carries a user or password: leave them out, the signature tells the "
+                   "receiver that the gateway sent the request",
     "dns_failed": "names a host that does not resolve",
     "not_https": "must use https (plain http only to loopback)",
     "private_address": "resolves to a private address; set AUTH_GATEWAY_WEBHOOK_ALLOW_PRIVATE=on "
@@ -89,6 +93,12 @@ def _event_filter(event_types: list[str]) -> str | None:
         raise WebhookError(f"Unknown event type {', '.join(unknown)}; the types are "
                            f"{', '.join(TYPES)}.")
     return " ".join(dict.fromkeys(event_types)) or None
+
+
+def _shown(url: str) -> str:
+    """The URL for the audit trail, without its query: a receiver may take a token there."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:255]
 
 
 def add_endpoint(url: str, event_types: list[str]) -> str:
@@ -108,7 +118,7 @@ def add_endpoint(url: str, event_types: list[str]) -> str:
             url=url, events=filter_, secret_encrypted=keyring.encrypt(secret),
             key_id=keyring.primary_id, created_at=utcnow()))
         audit.record("webhook_added", actor="cli", user_email=None, provider=None,
-                     detail=url[:255], connection=connection)
+                     detail=_shown(url), connection=connection)
     return secret
 
 
@@ -131,7 +141,7 @@ def remove_endpoint(url: str) -> None:
         if not connection.execute(delete(endpoints).where(endpoints.c.url == url)).rowcount:
             raise WebhookError("No endpoint has this URL (`webhooks list` shows them).")
         audit.record("webhook_removed", actor="cli", user_email=None, provider=None,
-                     detail=url[:255], connection=connection)
+                     detail=_shown(url), connection=connection)
 
 
 def secret_of(row: Row) -> str:

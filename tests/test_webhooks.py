@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -189,7 +190,8 @@ def test_endpoints_must_be_https_unless_loopback(make_app, receiver):
     app = make_app()
     runner = app.test_cli_runner()
     for url, why in [("http://example.com/hook", "https"), ("ftp://127.0.0.1/", "http(s)"),
-                     ("https://10.1.2.3/hook", "private"), ("https://[fd00::1]/", "private")]:
+                     ("https://10.1.2.3/hook", "private"), ("https://[fd00::1]/", "private"),
+                     ("http://user:pw@127.0.0.1/hook", "password")]:
         result = runner.invoke(args=["webhooks", "add", url])
         assert result.exit_code == 1 and why in result.output, result.output
     assert runner.invoke(args=["webhooks", "add", receiver.url, "--events",
@@ -432,3 +434,25 @@ def test_a_refresh_that_narrows_the_grant_says_so(hooked, receiver, google):
         events.CONNECTED, events.SCOPES_CHANGED]
     assert token(client, force_refresh=True).status_code == 200  # unchanged: no event
     assert len(heard.events) == 2
+
+
+def test_purge_keeps_what_is_pending_and_what_is_recent(make_app, receiver):
+    app = make_app(**FAST)
+    runner = app.test_cli_runner()
+    runner.invoke(args=["webhooks", "add", receiver.url + "?token=receiver-secret"])
+    connect(app.test_client())
+    connect(app.test_client(), email="grace@example.com")
+    assert deliver(app) == 2
+    connect(app.test_client(), email="lin@example.com")  # pending
+    with app.app_context():
+        old = db.session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)).first()
+        old.finished_at = old.finished_at - timedelta(days=8)
+        db.session.commit()
+    assert "Purged 1 deliveries older than 7 days" in runner.invoke(
+        args=["webhooks", "purge"]).output
+    assert "Purged 0" in runner.invoke(args=["webhooks", "purge"]).output
+    with app.app_context():
+        states = sorted(row.state for row in db.session.scalars(select(WebhookDelivery)))
+        assert states == ["delivered", "pending"]
+        trail = " ".join(row.detail or "" for row in db.session.scalars(select(AuditEvent)))
+        assert "receiver-secret" not in trail and receiver.url in trail
