@@ -80,7 +80,7 @@ def verified(received, secret: str) -> list[dict]:
     return [Webhook(secret).verify(r.body, r.headers) for r in received]
 
 
-def test_each_event_type_arrives_once_signed(hooked, receiver, google):
+def test_each_event_type_arrives_once_signed(hooked, receiver, google, caplog):
     app, heard, secret = hooked
     client = app.test_client()
     connect(client)                                          # connected
@@ -117,6 +117,7 @@ def test_each_event_type_arrives_once_signed(hooked, receiver, google):
     # No token, secret or ciphertext in any body.
     text = b"".join(r.body for r in received).decode()
     assert "ya29" not in text and "encrypted" not in text and secret[6:] not in text
+    assert secret[6:] not in caplog.text
     assert deliver(app) == 0  # delivered once, never again
     assert len(receiver.wait_for(7, timeout=0.3)) == 6
     # The client reads the same requests, with the standard library only.
