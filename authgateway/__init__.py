@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .events import Event
 from .hookspecs import hookimpl  # plugins write `from authgateway import hookimpl`
 from .providers import (
     Identity,
@@ -37,6 +38,7 @@ def create_app(test_config: dict | None = None):
 __all__ = [
     "__version__",
     "create_app",
+    "Event",
     "hookimpl",
     "Identity",
     "IdentityError",

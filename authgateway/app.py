@@ -25,6 +25,7 @@ from .headers import SecurityHeaders
 from .models import render_item
 from .plugins import Providers, build_plugin_manager
 from .storage import RowReader, configure_engine, engine_options
+from .webhook_commands import webhooks as webhook_commands
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -97,6 +98,7 @@ def build_app(test_config: dict | None = None, *, key_required: bool = True) -> 
     _register_error_handlers(app)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_commands(app)
+    app.cli.add_command(webhook_commands)
     return app
 
 

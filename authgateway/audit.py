@@ -2,8 +2,9 @@
 
 Actions: flow_started, flow_completed, flow_failed, token_refreshed, refresh_failed, revoked,
 grant_replaced (the grant a flow replaced, revoked at the provider: ``ok`` or ``not_revoked``),
-reencrypted, token_served, and forbidden (a request outside its API key's scope: at most one
-row per key every ``REFUSAL_INTERVAL`` seconds per process, with the count of the others).
+reencrypted, webhook_added, webhook_removed, webhook_failed (a delivery given up), token_served,
+and forbidden (a request outside its API key's scope: at most one row per key every
+``REFUSAL_INTERVAL`` seconds per process, with the count of the others).
 Tokens served are the hot path, so they are not written one by one: each process counts them
 per (API key, user, provider) and writes one ``token_served`` row per key every
 ``AUTH_GATEWAY_AUDIT_FLUSH_SECONDS`` (and at exit), with the count, first and last time in

@@ -19,7 +19,7 @@ from flask.cli import with_appcontext
 
 from . import apikeys as apikeys_module
 from . import audit as audit_module
-from . import rotation
+from . import delivery, rotation
 from .config import DEV_SETTINGS, instance_folder
 from .context import gateway
 from .crypto import KeyRing, generate_key
@@ -79,12 +79,15 @@ class Group(_Reporting, click.Group):
 Group.group_class = Group
 
 
-def _keyring() -> KeyRing:
+def keyring_checked() -> KeyRing:
     """The app's key ring, for a command that encrypts or decrypts: without a key, the command
     stops here with the sentence that says where the key is."""
     keyring = gateway().keyring
     keyring.check()
     return keyring
+
+
+_keyring = keyring_checked
 
 
 # `keys` must work before any key exists, so it is registered through the `flask.commands`
@@ -484,6 +487,8 @@ def serve(host: str | None, port: int | None) -> None:
 
     _keyring()
     app = current_app._get_current_object()
+    if app.config["WEBHOOK_WORKER"]:
+        delivery.start_worker(app)
     host = host or app.config["HOST"]
     port = port or app.config["PORT"]
     # A connection costs one open file; the rest of the process (database pool, logs, waitress's

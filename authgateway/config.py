@@ -62,6 +62,13 @@ DEFAULTS: dict[str, object] = {
     "METRICS_TOKEN": None,
     "MIGRATIONS_DIR": None,  # None: migrations/ beside the package, else ./migrations
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    "WEBHOOK_WORKER": True,  # `serve` delivers webhooks from a thread of its own
+    "WEBHOOK_TIMEOUT": 5.0,  # seconds a receiver has to answer one delivery
+    "WEBHOOK_RETRY_SECONDS": 5.0,  # the first retry's delay; each later one doubles, up to 1 h
+    "WEBHOOK_RETRY_HOURS": 24.0,  # how long a delivery is retried before it is marked failed
+    "WEBHOOK_POLL_SECONDS": 2.0,  # how often the worker looks for other processes' events
+    "WEBHOOK_KEEP_DAYS": 7,  # delivered and failed deliveries are purged after this
+    "WEBHOOK_ALLOW_PRIVATE": False,  # receivers on private networks (loopback needs not)
 }
 
 
@@ -157,6 +164,13 @@ def validate(config: dict, instance_path: str, *,
     _number(config, "BREAKER_COOLDOWN_SECONDS", float, 0.1, 3600)
     _number(config, "TRUSTED_PROXIES", int, 0, 10)
     _number(config, "AUDIT_FLUSH_SECONDS", float, 0.01, 3600)
+    _number(config, "WEBHOOK_TIMEOUT", float, 0.1, 60)
+    _number(config, "WEBHOOK_RETRY_SECONDS", float, 0.01, 3600)
+    _number(config, "WEBHOOK_RETRY_HOURS", float, 0, 24 * 30)
+    _number(config, "WEBHOOK_POLL_SECONDS", float, 0.01, 300)
+    _number(config, "WEBHOOK_KEEP_DAYS", int, 1, 3650)
+    config["WEBHOOK_WORKER"] = _flag(config["WEBHOOK_WORKER"])
+    config["WEBHOOK_ALLOW_PRIVATE"] = _flag(config["WEBHOOK_ALLOW_PRIVATE"])
     if str(config["DB_PREPARE_THRESHOLD"]).strip().lower() in ("none", "off", ""):
         config["DB_PREPARE_THRESHOLD"] = None
     else:

@@ -15,7 +15,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from sqlalchemy import Connection, select, update
 
-from . import audit, emails, rotation
+from . import audit, emails, events, outbox, rotation
 from .context import gateway
 from .errors import GatewayError, SessionNotFoundError
 from .extensions import db
@@ -267,7 +267,7 @@ def _complete(session: AuthSession, info: ProviderInfo, identity: Identity,
     try:
         stored = store_credential(user_email, info.name, identity.subject, tokens,
                                   requested=requested, also=complete,
-                                  account=_account(tokens, identity))
+                                  account=_account(tokens, identity), api_key_name=actor)
     except AccountMismatch:
         _fail(db.session.get(AuthSession, session_id), "account_mismatch")
         raise CallbackFailed(400, "account_mismatch",
@@ -321,8 +321,12 @@ def _check_issuer(session: AuthSession, info: ProviderInfo, iss: str | None) -> 
 
 
 def _fail(session: AuthSession, code: str) -> None:
-    session.status = FAILED
-    session.error = code
-    audit.record("flow_failed", actor=session.api_key_name, user_email=session.user_email,
-                 provider=session.provider, outcome=code)
-    db.session.commit()
+    with outbox.announced():
+        session.status = FAILED
+        session.error = code
+        audit.record("flow_failed", actor=session.api_key_name, user_email=session.user_email,
+                     provider=session.provider, outcome=code)
+        outbox.record(events.Event(events.FLOW_FAILED, session.provider, session.user_email,
+                                   session.api_key_name,
+                                   {"code": code, "session_id": session.id}))
+        db.session.commit()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
+from .events import Event
 from .providers import Identity, ProviderConfig, ProviderInfo, TokenSet
 
 hookspec = pluggy.HookspecMarker("authgateway")
@@ -80,3 +81,13 @@ def authgateway_fetch_identity(
     when it cannot be established. The flow is accepted when its email is among
     ``Identity.proven_emails`` (``email`` if ``email_verified``, and ``verified_emails``), and,
     for a user who already has a credential, when ``subject`` is the one stored."""
+
+
+@hookspec
+def authgateway_event(event: Event) -> None:
+    """Called for every event (``authgateway.events``: ``credential.connected``,
+    ``credential.scopes_changed``, ``credential.needs_reauth``, ``credential.recovered``,
+    ``credential.revoked``, ``flow.failed``) after the transaction that caused it commits,
+    in the thread that made the change: keep it short, hand slow work to a queue. The return
+    value is ignored; an exception is logged and never fails the request. Webhooks are
+    delivered from the database, independently of this hook."""

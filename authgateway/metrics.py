@@ -81,6 +81,12 @@ PROVIDER_REFUSALS = Counter(
     "all taken) or open (its breaker was open).",
     ["provider", "reason"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "authgateway_webhook_attempts",
+    "Webhook delivery attempts by outcome: delivered, retry (the receiver failed, it is tried "
+    "again later) or failed (it failed for WEBHOOK_RETRY_HOURS and is given up).",
+    ["outcome"],
+)
 
 #: How tokens.py says an answer was obtained, as an operator reads it.
 TOKEN_OUTCOMES = {"fresh": "refreshed_by_peer", "failed": "stale_after_failure"}
@@ -144,6 +150,11 @@ def audited(action: str, provider: str | None, outcome: str) -> None:
     elif action == "flow_failed":
         reason = outcome if outcome in FLOW_FAILURES else "provider_error"
         _series(FLOWS, provider or "", reason).inc()
+
+
+def webhook_attempted(outcome: str) -> None:
+    """One delivery attempt: delivered, retry or failed."""
+    _series(WEBHOOK_ATTEMPTS, outcome).inc()
 
 
 def upstream(provider: str, hook_name: str, hook: Callable) -> Callable:

@@ -30,6 +30,7 @@ INVALID_GRANT = "invalid_grant"  # the grant is dead: the user must connect agai
 PENDING = "pending"
 COMPLETED = "completed"
 FAILED = "failed"
+DELIVERED = "delivered"
 
 
 def utcnow() -> datetime:
@@ -158,6 +159,45 @@ class RateLimit(db.Model):
     #: Unix time (seconds) at which the window began: a multiple of the limit's period.
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class WebhookEndpoint(db.Model):
+    """A URL that receives signed events. The signing secret is Fernet ciphertext under key
+    ``key_id``, as tokens are; ``events`` is a space-separated list of types, NULL for all."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    events: Mapped[str | None] = mapped_column(Text)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(db.Model):
+    """The outbox: one event for one endpoint, written in the transaction of the change it
+    reports, and sent until the endpoint answers 2xx or the retries run out. ``event_id`` is
+    the ``webhook-id`` of every attempt. A claimed row's ``next_attempt_at`` is pushed past the
+    send's timeout, so a process that dies mid-send leaves it due again, never lost."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_state_next_attempt_at", "state",
+                            "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    endpoint_id: Mapped[int] = mapped_column(
+        Integer, db.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 def render_item(type_, obj, autogen_context):

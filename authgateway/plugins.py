@@ -18,6 +18,7 @@ from .errors import (
     ProviderUnavailableError,
     UnsupportedProviderError,
 )
+from .events import Event
 from .providers import (
     Identity,
     IdentityError,
@@ -200,6 +201,16 @@ class Providers:
 
     def identity(self, name: str, *, tokens: TokenSet) -> Identity:
         return self._call("authgateway_fetch_identity", name, tokens=tokens)
+
+    def announce(self, event: Event) -> None:
+        """Tell every plugin that implements ``authgateway_event``; one that raises is logged
+        and the others are still told."""
+        for impl in self.pm.hook.authgateway_event.get_hookimpls():
+            try:
+                impl.function(event=event)
+            except Exception:
+                log.exception("plugin %s failed in authgateway_event for %s %s",
+                              impl.plugin_name, event.type, event.id)
 
     def _call(self, hook_name: str, name: str, **kwargs):
         config = self.config(name)

@@ -19,7 +19,7 @@ from . import audit
 from .crypto import KeyRing
 from .errors import DecryptionFailedError
 from .extensions import db
-from .models import PENDING, AuthSession, Credential, utcnow
+from .models import PENDING, AuthSession, Credential, WebhookEndpoint, utcnow
 from .storage import locked_transaction
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ CREDENTIALS = Target("credentials", Credential.__table__,
                      ("access_token_encrypted", "refresh_token_encrypted"), pending_only=False)
 SESSIONS = Target("pending sessions", AuthSession.__table__, ("code_verifier_encrypted",),
                   pending_only=True)
-TARGETS = (CREDENTIALS, SESSIONS)
+WEBHOOK_SECRETS = Target("webhook secrets", WebhookEndpoint.__table__, ("secret_encrypted",),
+                         pending_only=False)
+TARGETS = (CREDENTIALS, SESSIONS, WEBHOOK_SECRETS)
 
 
 # ---- where the keys stand ------------------------------------------------------------------
@@ -68,10 +70,12 @@ class KeyUse:
     role: str  # PRIMARY, ROTATION or UNKNOWN (not configured: its rows cannot be decrypted)
     credentials: int
     sessions: int
+    webhook_secrets: int = 0
 
     @property
     def removable(self) -> bool:
-        return self.role == ROTATION and self.credentials == 0 and self.sessions == 0
+        return (self.role == ROTATION and self.credentials == 0 and self.sessions == 0
+                and self.webhook_secrets == 0)
 
 
 @dataclass(frozen=True)
@@ -90,26 +94,26 @@ def role(keyring: KeyRing, kid: str) -> str:
 
 def key_status(keyring: KeyRing) -> KeyStatus:
     """Rows per key id: every configured key, and any key id found in the database."""
-    counts: dict[str, list[int]] = {kid: [0, 0] for kid in keyring.ids}
+    counts: dict[str, list[int]] = {kid: [0] * len(TARGETS) for kid in keyring.ids}
     with db.engine.connect() as connection:
         for position, target in enumerate(TARGETS):
             t = target.table
             rows = connection.execute(select(t.c.key_id, func.count())
                                       .where(*target.holds_ciphertext()).group_by(t.c.key_id))
             for kid, count in rows:
-                counts.setdefault(kid, [0, 0])[position] = count
+                counts.setdefault(kid, [0] * len(TARGETS))[position] = count
         t = CREDENTIALS.table
         unknown = [*CREDENTIALS.holds_ciphertext(), t.c.key_id.not_in(keyring.ids)]
         ids = list(connection.scalars(select(t.c.id).where(*unknown).order_by(t.c.id)
                                       .limit(NAMED_IDS)))
         total = connection.scalar(select(func.count()).select_from(t).where(*unknown))
-    keys = [KeyUse(kid, role(keyring, kid), creds, sessions)
-            for kid, (creds, sessions) in counts.items()]
+    keys = [KeyUse(kid, role(keyring, kid), *per_target) for kid, per_target in counts.items()]
     return KeyStatus(keys=keys, unreadable_ids=ids, unreadable_count=total)
 
 
 def describe_status(status: KeyStatus) -> list[str]:
-    lines = [f"{'KEY ID':14} {'ROLE':9} {'CREDENTIALS':>11} {'PENDING SESSIONS':>16}"]
+    lines = [f"{'KEY ID':14} {'ROLE':9} {'CREDENTIALS':>11} {'PENDING SESSIONS':>16} "
+             f"{'WEBHOOK SECRETS':>15}"]
     for use in status.keys:
         note = ""
         if use.removable:
@@ -119,7 +123,7 @@ def describe_status(status: KeyStatus) -> list[str]:
         elif use.role == UNKNOWN:
             note = "  NOT CONFIGURED: these rows cannot be decrypted"
         lines.append(f"{use.key_id:14} {use.role:9} {use.credentials:>11} "
-                     f"{use.sessions:>16}{note}")
+                     f"{use.sessions:>16} {use.webhook_secrets:>15}{note}")
     if status.unreadable_count:
         lines.append(f"Credentials whose key is not configured (they answer 500 "
                      f"decryption_failed): {_ids(status.unreadable_ids, status.unreadable_count)}."
@@ -259,6 +263,9 @@ class Summary:
                  f"{self.moved['pending sessions']} pending sessions under key {self.primary_id} "
                  f"in {self.batches} batches, {seconds:.1f} s ({moved / max(seconds, 1e-9):.0f}"
                  " rows/s)."]
+        if self.moved["webhook secrets"]:
+            lines.append(f"Re-encrypted {self.moved['webhook secrets']} webhook signing "
+                         "secrets.")
         if self.skipped:
             lines.append(f"{self.skipped} rows were refreshed or deleted meanwhile (already "
                          "under the primary key, or gone).")

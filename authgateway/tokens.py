@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import Connection, Row, bindparam, delete, select, update
 
-from . import audit, breaker, metrics
+from . import audit, breaker, events, metrics, outbox
 from .context import gateway
 from .errors import (
     DecryptionFailedError,
@@ -151,6 +151,7 @@ def _refresh(seen: Row, min_valid_seconds: float,
     # waiting for the lock counts against the slots, since it holds a worker thread too.
     try:
         with breaker.breakers().guard(seen.provider).attempt() as attempt, \
+                outbox.announced(), \
                 credential_transaction(seen.id, _lock_wait()) as connection:
             outcome = _refresh_locked(connection, seen, min_valid_seconds, force_refresh,
                                       attempt)
@@ -268,6 +269,11 @@ def _store_refreshed(connection: Connection, row: Row, tokens: TokenSet,
         return _newer_grant(connection, row)
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
+    if set(values["scopes"].split()) != set(row.scopes.split()):
+        outbox.record(events.Event(
+            events.SCOPES_CHANGED, row.provider, row.user_email,
+            data={"scopes": values["scopes"].split(), "previous_scopes": row.scopes.split()}),
+            connection)
     answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
                          expires_at=values["expires_at"], scopes=values["scopes"].split(),
                          account=values.get("account", row.account))
@@ -358,6 +364,8 @@ def _mark_needs_reauth(connection: Connection, row: Row, error: str) -> bool:
     if marked:
         audit.record("refresh_failed", actor=None, user_email=row.user_email,
                      provider=row.provider, outcome=error, connection=connection)
+        outbox.record(events.Event(events.NEEDS_REAUTH, row.provider, row.user_email,
+                                   data={"error": error}), connection)
     return marked
 
 
@@ -388,10 +396,13 @@ class Stored:
 
 def store_credential(user_email: str, provider: str, subject: str, tokens: TokenSet,
                      requested: list[str], *, also: Callable[[Connection], None],
-                     account: Mapping[str, object] | None = None) -> Stored:
+                     account: Mapping[str, object] | None = None,
+                     api_key_name: str | None = None) -> Stored:
     """Insert or replace the credential after a completed flow, and run ``also`` in the same
     transaction; return the granted scopes and the replaced grant's token. ``account`` (the
     provider's account object, None for none) replaces the one stored: it describes this grant.
+    The event it causes (connected, recovered or scopes_changed) names ``api_key_name``, the key
+    that started the flow.
 
     Read and written under the credential's lock, as refresh and revoke hold it, so nothing
     commits in between: a revoke in flight finishes first, and this grant, newer than the
@@ -404,13 +415,15 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
         with db.engine.connect() as connection:
             seen = _read(connection, user_email, provider)
         if seen is None:
-            with db.engine.begin() as connection:
+            with outbox.announced(), db.engine.begin() as connection:
                 values = _grant_values(provider, subject, tokens, requested, None, account)
                 if _insert_if_absent(connection, user_email, provider, values):
                     also(connection)
+                    outbox.record(_grant_event(None, values, user_email, provider,
+                                               api_key_name), connection)
                     return Stored(values["scopes"].split())
             continue  # another flow's callback stored one first: replace it, under its lock
-        with credential_transaction(seen.id, _lock_wait()) as connection:
+        with outbox.announced(), credential_transaction(seen.id, _lock_wait()) as connection:
             row = _read(connection, user_email, provider, lock=True)
             if row is not None:
                 values = _grant_values(provider, subject, tokens, requested, row, account)
@@ -420,8 +433,25 @@ def store_credential(user_email: str, provider: str, subject: str, tokens: Token
                 connection.execute(update(credentials).where(credentials.c.id == row.id)
                                    .values(**values))
                 also(connection)
+                outbox.record(_grant_event(row, values, user_email, provider, api_key_name),
+                              connection)
                 return Stored(values["scopes"].split(), replaced)
         # Revoked while we waited for the lock: store this grant as a new credential.
+
+
+def _grant_event(row: Row | None, values: dict, user_email: str, provider: str,
+                 api_key_name: str | None) -> events.Event:
+    """What a completed flow did to the credential ``row`` (None: there was none)."""
+    scopes = values["scopes"].split()
+    data = {"scopes": scopes}
+    if row is not None and row.status == NEEDS_REAUTH:
+        kind = events.RECOVERED
+    elif row is not None and set(row.scopes.split()) != set(scopes):
+        kind = events.SCOPES_CHANGED
+        data["previous_scopes"] = row.scopes.split()
+    else:
+        kind = events.CONNECTED
+    return events.Event(kind, provider, user_email, api_key_name, data)
 
 
 class AccountMismatch(Exception):
@@ -567,7 +597,7 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         seen = _read(connection, user_email, provider)
     if seen is None:
         raise NotAuthenticatedError()
-    with credential_transaction(seen.id, _lock_wait()) as connection:
+    with outbox.announced(), credential_transaction(seen.id, _lock_wait()) as connection:
         row = _read(connection, user_email, provider, lock=True)
         if row is None:
             raise NotAuthenticatedError()
@@ -579,7 +609,9 @@ def revoke(user_email: str, provider: str, api_key_name: str | None) -> bool:
         # Flows wait for this lock (store_credential). A grant stored without it while we were
         # at the provider is not the one revoked there: it stays, as it would have had its
         # flow completed a moment later.
-        connection.execute(delete(credentials).where(*_same_grant(row)))
+        if connection.execute(delete(credentials).where(*_same_grant(row))).rowcount:
+            outbox.record(events.Event(events.REVOKED, provider, user_email, api_key_name,
+                                       {"provider_revoked": provider_revoked}), connection)
         audit.record("revoked", actor=api_key_name, user_email=user_email, provider=provider,
                      outcome="ok" if provider_revoked else "local_only", connection=connection)
     return provider_revoked

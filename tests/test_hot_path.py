@@ -63,6 +63,24 @@ def test_a_cached_token_costs_one_round_trip_and_writes_nothing(wired, key):
         assert not WRITE.search(said), said
 
 
+def test_webhooks_add_nothing_to_a_cached_token(wired):
+    """With webhook endpoints configured and a delivery pending, a cached token still costs one
+    round trip, and neither reads nor writes the webhook tables: events come only from changes."""
+    app, client, wire = wired(DB_PREPARE_THRESHOLD="none")  # the wire names every table
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["webhooks", "add", "http://127.0.0.1:9/hook"]).exit_code == 0
+    connect(client, email="grace@example.com")  # a pending delivery, never sent in this test
+    body = {"provider": "google", "user_email": "ada@example.com"}
+    for _ in range(WARM_UP_CALLS):
+        assert client.post("/auth/token", headers=HEADERS, json=body).status_code == 200
+    wire.take()
+    for _ in range(5):
+        assert client.post("/auth/token", headers=HEADERS, json=body).status_code == 200
+        trips, said = wire.take()
+        assert trips == 1 and "credentials" in said, said
+        assert "webhook" not in said and not WRITE.search(said), said
+
+
 @pytest.mark.parametrize("key", ["bootstrap", "stored"])
 def test_a_valid_key_costs_no_database_work_once_cached(wired, key):
     """Neither api_keys nor rate_limits is read or written for a valid key after its first

@@ -87,6 +87,32 @@ def test_hook_register_providers(app):
     assert [info.name for infos in results for info in infos] == ["google"]
 
 
+class HeardEvents:
+    def __init__(self) -> None:
+        self.events = []
+
+    @hookimpl
+    def authgateway_event(self, event):
+        self.events.append(event)
+
+
+class BrokenListener:
+    @hookimpl
+    def authgateway_event(self, event):
+        raise RuntimeError("a bug in a listening plugin")
+
+
+def test_hook_event(make_app, caplog):
+    """Every plugin hears the event once the change committed; one that raises is logged, and
+    neither the others nor the person's request notice."""
+    heard = HeardEvents()
+    app = make_app(PLUGINS=[authgateway_google, BrokenListener(), heard])
+    connect(app.test_client())
+    assert [(e.type, e.provider, e.user_email, e.api_key) for e in heard.events] == [
+        ("credential.connected", "google", "ada@example.com", "bootstrap")]
+    assert "failed in authgateway_event for credential.connected" in caplog.text
+
+
 def test_hook_authorization_url(facade, google):
     code, _ = a_code(facade, google)
     assert code and google.last_authorize_params["code_challenge_method"] == "S256"

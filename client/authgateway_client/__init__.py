@@ -62,8 +62,32 @@ from ._models import (  # noqa: E402
     Token,
     UserProviders,
 )
+from ._webhooks import (  # noqa: E402
+    EVENT_CLASSES,
+    CredentialConnected,
+    CredentialNeedsReauth,
+    CredentialRecovered,
+    CredentialRevoked,
+    CredentialScopesChanged,
+    FlowFailed,
+    WebhookEvent,
+    WebhookPing,
+    WebhookVerificationError,
+    verify_webhook,
+)
 
 __all__ = [
+    "EVENT_CLASSES",
+    "CredentialConnected",
+    "CredentialNeedsReauth",
+    "CredentialRecovered",
+    "CredentialRevoked",
+    "CredentialScopesChanged",
+    "FlowFailed",
+    "WebhookEvent",
+    "WebhookPing",
+    "WebhookVerificationError",
+    "verify_webhook",
     "API_KEY_ENV",
     "DEFAULT_TIMEOUT",
     "ERROR_CLASSES",
