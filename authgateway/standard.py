@@ -13,6 +13,7 @@ show; no token, secret or response body is ever in a message.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import threading
 import time
@@ -76,6 +77,17 @@ def listed_provider_names(listed: object, setting: str, example: str) -> list[st
 
 
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+def names_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost``, ``*.localhost``, a loopback address)
+    without a lookup: where plain http is tolerable, since nothing crosses a network."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def authorization_url(

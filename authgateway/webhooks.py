@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import Row, delete, select, update
 from standardwebhooks import Webhook
 
-from . import audit
+from . import audit, standard
 from .context import gateway
 from .events import PING, TYPES, Event
 from .extensions import db
@@ -51,7 +51,7 @@ def refusal(url: str, allow_private: bool) -> str | None:
         return "bad_url"
     if parts.username is not None or parts.password is not None:
         return "credentials"
-    if parts.scheme == "http" and not _names_loopback(parts.hostname):
+    if parts.scheme == "http" and not standard.names_loopback(parts.hostname):
         return "not_https"
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -66,14 +66,6 @@ def refusal(url: str, allow_private: bool) -> str | None:
         return "private_address"
     return None
 
-
-def _names_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 REFUSALS = {

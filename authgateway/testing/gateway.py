@@ -16,7 +16,8 @@ from .. import audit
 from ..app import build_app as create_app
 from ..extensions import db
 
-__all__ = ["API_KEY", "Gateway", "build_gateway", "migrated", "redirect_uri", "throwaway_database"]
+__all__ = ["API_KEY", "Gateway", "build_gateway", "migrated", "postgres_database", "redirect_uri",
+           "throwaway_database"]
 
 API_KEY = "authgateway-testing-api-key"
 DATABASE_ENV = "TEST_DATABASE_URL"
@@ -35,9 +36,16 @@ def throwaway_database(directory: str) -> Iterator[str]:
     if not base:
         yield f"sqlite:///{directory}/authgateway-testing.sqlite"
         return
+    with postgres_database(base, f"authgateway_kit_{os.getpid()}") as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(base: str, name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database ``name`` on the server of ``base``, dropped after the
+    block (and before it, should a killed run have left one behind)."""
     import psycopg
 
-    name = f"authgateway_kit_{os.getpid()}"
     server = urlsplit(base)
     admin_url = server._replace(path="/postgres").geturl()
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:

@@ -11,6 +11,10 @@ core's own, any project that merely has authgateway installed) is untouched.
   ``authgateway.testing.Gateway`` whose tables start empty; closed at teardown.
 - ``authgateway_fake_provider``: a started ``authgateway.testing.FakeProvider`` with default
   settings, for tests that need no scripting.
+
+``each_backend(name)`` makes a replacement for ``authgateway_database_url`` that a plugin's
+conftest assigns to that name, so that every test using the kit's gateway runs twice: on SQLite
+and on a PostgreSQL database of its own beside ``TEST_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def authgateway_database_url(tmp_path_factory):
         url = database.__enter__()
     except Exception as exc:  # psycopg.OperationalError, without importing psycopg here
         message = f"{DATABASE_ENV} is set but its PostgreSQL is unreachable: {exc}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
     try:
@@ -58,3 +62,31 @@ def authgateway_fake_provider():
 
     with FakeProvider() as fake:
         yield fake
+
+
+def each_backend(name: str):
+    """A session fixture, parametrized ``sqlite`` and ``postgresql``, for a plugin's conftest:
+    ``authgateway_database_url = each_backend("acme")``. Without ``TEST_DATABASE_URL`` the
+    PostgreSQL half is skipped, or fails when ``CI`` is set."""
+
+    @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+    def database_url(request, tmp_path_factory):
+        from .gateway import DATABASE_ENV, migrated, postgres_database
+
+        if request.param == "sqlite":
+            yield migrated(f"sqlite:///{tmp_path_factory.mktemp(name)}/gateway.sqlite")
+            return
+        base = os.environ.get(DATABASE_ENV)
+        if not base:
+            if _in_ci():
+                pytest.fail(f"{DATABASE_ENV} is required in CI")
+            pytest.skip(f"set {DATABASE_ENV} to run these tests on PostgreSQL too")
+        with postgres_database(base, f"authgateway_{name}_{os.getpid()}") as url:
+            yield migrated(url)
+
+    return database_url
+
+
+def _in_ci() -> bool:
+    """In CI a missing database is a failure: a skip there would pass what never ran."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

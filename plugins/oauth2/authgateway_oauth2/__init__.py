@@ -11,7 +11,6 @@ naming it.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import re
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from authgateway import (
     hookimpl,
 )
 from authgateway.errors import ConfigError
-from authgateway.standard import listed_provider_names
+from authgateway.standard import listed_provider_names, names_loopback
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ def _url(setting: str, value: object) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
         raise ConfigError(f"{setting} is {url!r}: it must be an https URL without fragment.")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not names_loopback(parts.hostname):
         log.warning("%s uses plain http on %s: client secrets and tokens would cross the "
                     "network unencrypted; use https outside a test bench.", setting,
                     parts.hostname)
@@ -187,11 +186,3 @@ def _pointer(setting: str, value: object) -> str:
         )
     return pointer
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -7,13 +7,12 @@ enforces RFC 9207 ``iss`` when its metadata says it sends it: this module only r
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from urllib.parse import parse_qsl, urlsplit
 
 from authgateway import ProviderInfo, hookimpl
 from authgateway.errors import ConfigError
-from authgateway.standard import listed_provider_names
+from authgateway.standard import listed_provider_names, names_loopback
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +69,11 @@ def _issuer(prefix: str, value: object) -> str:
         raise ConfigError(
             f"{prefix}_ISSUER is {issuer!r}: it must be an https URL without query or fragment."
         )
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not names_loopback(parts.hostname):
         log.warning("%s_ISSUER uses plain http on %s: client secrets and tokens would cross the "
                     "network unencrypted; use https outside a test bench.", prefix, parts.hostname)
     return issuer
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _scopes(value: object) -> tuple[str, ...]:
