@@ -208,6 +208,27 @@ def serve_wsgi(app, threads: int = 8) -> Iterator[str]:
         server.task_dispatcher.shutdown()
 
 
+def served_storm(app, calls: int, body: dict, headers: dict | None = None,
+                 threads: int = 16) -> list:
+    """``calls`` concurrent POST /auth/token requests over real HTTP to ``app`` served by
+    waitress with ``threads`` threads, released together; returns the responses."""
+    barrier = threading.Barrier(calls)
+    answers: list = [None] * calls
+    with serve_wsgi(app, threads=threads) as url:
+        def call(i: int) -> None:
+            barrier.wait()
+            answers[i] = requests.post(url + "/auth/token", json=body, timeout=60,
+                                       headers=headers or {"X-API-Key": API_KEY})
+
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=90)
+    assert all(a is not None for a in answers), "a call never returned"
+    return answers
+
+
 @pytest.fixture
 def live(make_app) -> Iterator[LiveGateway]:
     holder = {}

@@ -6,7 +6,6 @@ from /me with its email verification, and the accessible sites as the credential
 from __future__ import annotations
 
 import importlib.metadata
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import authgateway_atlassian
@@ -18,7 +17,7 @@ from authgateway.config import Settings
 from authgateway.standard import authorization_url
 from authgateway.testing import Account, redirect_uri
 from authgateway.testing.fake import s256
-from tests.conftest import serve_wsgi
+from tests.conftest import served_storm
 
 from .fake import SITE, FakeAtlassian
 
@@ -210,19 +209,8 @@ def test_a_refresh_storm_refreshes_once_and_stores_the_rotated_refresh_token(
     gateway.connect("atlassian", EMAIL)
     atlassian.expires_in = 3600
     atlassian.refresh_latency = 0.2
-    answers, barrier = [], threading.Barrier(callers)
-    with serve_wsgi(gateway.app, threads=16) as url:
-        def call():
-            barrier.wait()
-            answers.append(requests.post(url + "/auth/token", headers=gateway.headers,
-                                         timeout=60, json={"provider": "atlassian",
-                                                           "user_email": EMAIL}))
-
-        threads = [threading.Thread(target=call) for _ in range(callers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    answers = served_storm(gateway.app, callers, {"provider": "atlassian", "user_email": EMAIL},
+                           gateway.headers)
     assert [answer.status_code for answer in answers] == [200] * callers
     assert len({answer.json()["access_token"] for answer in answers}) == 1
     assert atlassian.refresh_count == 1

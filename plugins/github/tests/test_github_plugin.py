@@ -5,7 +5,6 @@ GitHub's errors sent with HTTP 200, and revocation of the grant."""
 from __future__ import annotations
 
 import importlib.metadata
-import threading
 from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -18,7 +17,7 @@ from authgateway import InvalidGrant, create_app
 from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
 from authgateway.standard import parse_token_answer, read_answer
-from tests.conftest import HEADERS, serve_wsgi
+from tests.conftest import HEADERS, served_storm
 from tests.fakes.github import ACCESS_TTL, Account, Email
 from tests.flow import consent, start
 
@@ -146,25 +145,11 @@ def test_a_github_app_token_expires_in_eight_hours(app, client, github_app):
 
 
 def test_a_refresh_storm_refreshes_once_and_never_reuses_a_refresh_token(make_app, github_app):
-    holder = {}
-    with serve_wsgi(lambda environ, start_response: holder["app"](environ, start_response),
-                    threads=16) as url:
-        holder["app"] = app = make_app()
-        connect(app.test_client())
-        expire(app)
-        github_app.refresh_latency = 0.2
-        answers, barrier = [], threading.Barrier(50)
-
-        def call():
-            barrier.wait()
-            answers.append(requests.post(url + "/auth/token", headers=HEADERS, timeout=30,
-                                         json={"provider": "github", "user_email": EMAIL}))
-
-        callers = [threading.Thread(target=call) for _ in range(50)]
-        for caller in callers:
-            caller.start()
-        for caller in callers:
-            caller.join()
+    app = make_app()
+    connect(app.test_client())
+    expire(app)
+    github_app.refresh_latency = 0.2
+    answers = served_storm(app, 50, {"provider": "github", "user_email": EMAIL}, HEADERS)
     assert [a.status_code for a in answers] == [200] * 50
     assert len({a.json()["access_token"] for a in answers}) == 1
     assert github_app.refresh_count == 1

@@ -6,9 +6,7 @@ from __future__ import annotations
 import authgateway_slack
 import pytest
 
-from authgateway import audit, create_app
-from authgateway.extensions import db
-from tests.conftest import base_config, database_url, empty_tables, postgres_url  # noqa: F401
+from tests.conftest import app_maker, base_config, database_url, postgres_url  # noqa: F401
 
 from .fake import FakeSlack
 
@@ -23,23 +21,12 @@ def slack(request):
 
 @pytest.fixture
 def make_app(database_url, slack):  # noqa: F811
-    apps = []
+    def config_for(**overrides):
+        return {**base_config(database_url, PLUGINS=[authgateway_slack],
+                              **slack.settings(REDIRECT_URI)), **overrides}
 
-    def make(**overrides):
-        config = base_config(database_url, PLUGINS=[authgateway_slack],
-                             **slack.settings(REDIRECT_URI))
-        config.update(overrides)
-        app = create_app(config)
-        with app.app_context():
-            empty_tables()
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        audit.served_tokens(app).flush()
-        with app.app_context():
-            db.engine.dispose()
+    with app_maker(config_for) as make:
+        yield make
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ subject and in the account, and a refresh storm that reaches Slack once."""
 from __future__ import annotations
 
 import importlib.metadata
-import threading
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import authgateway_slack
 import pytest
-import requests
 from sqlalchemy import select, update
 
 from authgateway import create_app
@@ -20,7 +18,7 @@ from authgateway.context import gateway
 from authgateway.extensions import db
 from authgateway.models import Credential, utcnow
 from authgateway.testing import Account
-from tests.conftest import HEADERS, serve_wsgi
+from tests.conftest import HEADERS, served_storm
 from tests.flow import consent, start
 
 from .fake import TEAM_ID, TEAM_NAME
@@ -222,25 +220,11 @@ def test_a_refresh_that_answers_a_bot_token_is_refused_and_changes_nothing(clien
 
 @ROTATION_ON
 def test_a_refresh_storm_reaches_slack_once_and_never_reuses_a_refresh_token(make_app, slack):
-    holder = {}
-    with serve_wsgi(lambda environ, start_response: holder["app"](environ, start_response),
-                    threads=16) as url:
-        holder["app"] = app = make_app()
-        connect(app.test_client())
-        expire(app)
-        slack.refresh_latency = 0.2
-        answers, barrier = [], threading.Barrier(30)
-
-        def call():
-            barrier.wait()
-            answers.append(requests.post(url + "/auth/token", headers=HEADERS, timeout=30,
-                                         json={"provider": "slack", "user_email": EMAIL}))
-
-        callers = [threading.Thread(target=call) for _ in range(30)]
-        for caller in callers:
-            caller.start()
-        for caller in callers:
-            caller.join()
+    app = make_app()
+    connect(app.test_client())
+    expire(app)
+    slack.refresh_latency = 0.2
+    answers = served_storm(app, 30, {"provider": "slack", "user_email": EMAIL}, HEADERS)
     assert [a.status_code for a in answers] == [200] * 30
     assert len({a.json()["access_token"] for a in answers}) == 1
     assert slack.refresh_count == 1
