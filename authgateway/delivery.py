@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 from sqlalchemy import Row, select, update
 
-from . import audit, metrics
+from . import audit, metrics, outage
 from .extensions import db
 from .models import DELIVERED, FAILED, PENDING, utcnow
 from .outbox import committed, deliveries, endpoints
@@ -205,9 +205,18 @@ class Worker:
             try:
                 with self.app.app_context():
                     self._round()
-            except Exception:  # the database restarting must not end the worker
-                log.exception("webhook worker round failed; trying again in %.1f s", poll)
+            except Exception as exc:  # the database restarting must not end the worker
+                self._failed(exc, "webhook worker round failed; trying again in %.1f s", poll)
             committed.wait(poll)
+
+    def _failed(self, exc: Exception, message: str, *args) -> None:
+        """Log a failure, but one of the database being unavailable only through the outage's
+        state, which says it once per outage: not a traceback a round while it lasts."""
+        if outage.is_unavailable(exc):
+            with self.app.app_context():
+                outage.of(self.app).noticed(exc)
+        else:
+            log.exception(message, *args)
 
     def _round(self) -> None:
         with self._lock:
@@ -243,8 +252,8 @@ class Worker:
     def _send(self, endpoint_id: int, rows: list[Row]) -> None:
         try:
             _in_app(self.app, send_claimed, rows)
-        except Exception:
-            log.exception("webhook delivery to endpoint %s failed", endpoint_id)
+        except Exception as exc:
+            self._failed(exc, "webhook delivery to endpoint %s failed", endpoint_id)
         finally:
             with self._lock:
                 self._busy.discard(endpoint_id)
