@@ -87,8 +87,6 @@ def keyring_checked() -> KeyRing:
     return keyring
 
 
-_keyring = keyring_checked
-
 
 # `keys` must work before any key exists, so it is registered through the `flask.commands`
 # entry point (and here), which Flask loads without creating the app.
@@ -134,7 +132,7 @@ def keys_generate(rotate: bool) -> None:
 @with_appcontext
 def keys_status() -> None:
     """Rows per key id, which configured key each is, and when an old key can be removed."""
-    for line in rotation.describe_status(rotation.key_status(_keyring())):
+    for line in rotation.describe_status(rotation.key_status(keyring_checked())):
         click.echo(line)
 
 
@@ -170,7 +168,7 @@ def tokens() -> None:
 def tokens_refresh(within: int) -> None:
     """Refresh tokens before they expire, through the same row lock as /auth/token: safe to
     run from cron on several hosts at once. Exits 1 when a refresh failed."""
-    _keyring()
+    keyring_checked()
     counts = refresh_expiring(within, progress=lambda due: click.progressbar(
         due, label="Refreshing", file=sys.stderr))
     click.echo(f"refreshed {counts['refreshed']}, needs_reauth {counts['needs_reauth']}, "
@@ -187,7 +185,7 @@ def tokens_refresh(within: int) -> None:
 def tokens_reencrypt(batch_size: int, dry_run: bool) -> None:
     """Move every credential and pending session to the primary key, in short locked
     transactions: safe while serving, safe to kill and run again."""
-    keyring = _keyring()
+    keyring = keyring_checked()
     counts = rotation.count_to_move(keyring)
     if dry_run:
         click.echo("\n".join(rotation.describe_dry_run(keyring, counts)))
@@ -485,7 +483,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     from .serving import harden_waitress_errors
 
-    _keyring()
+    keyring_checked()
     app = current_app._get_current_object()
     if app.config["WEBHOOK_WORKER"]:
         delivery.start_worker(app)

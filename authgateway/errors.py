@@ -18,12 +18,14 @@ class GatewayError(Exception):
     code: str = "internal_error"
     auth_required: bool = False
     default_message: str = "The gateway hit an unexpected error."
-    #: HTTP headers the answer carries besides the body (Retry-After).
+    #: HTTP headers the answer carries besides the body: Retry-After, from ``retry_after``.
     headers: dict[str, str] = {}
 
     def __init__(self, message: str | None = None, **extra: object) -> None:
         self.message = message or self.default_message
         self.extra = extra
+        if extra.get("retry_after") is not None:
+            self.headers = {"Retry-After": str(extra["retry_after"])}
         super().__init__(self.message)
 
     def to_dict(self) -> dict:
@@ -111,13 +113,6 @@ class ProviderUnavailableError(GatewayError):
     status, code = 502, "provider_unavailable"
     default_message = "The provider could not be reached; the stored credential is unchanged."
 
-    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
-        if retry_after is None:
-            super().__init__(message)
-            return
-        super().__init__(message, retry_after=retry_after)
-        self.headers = {"Retry-After": str(retry_after)}
-
 
 class ProviderMisconfiguredError(GatewayError):
     status, code = 502, "provider_misconfigured"
@@ -145,7 +140,6 @@ class RateLimitedError(GatewayError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
-        self.headers = {"Retry-After": str(retry_after)}
 
 
 class DatabaseUnavailableError(GatewayError):
@@ -155,4 +149,3 @@ class DatabaseUnavailableError(GatewayError):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(retry_after=retry_after)
-        self.headers = {"Retry-After": str(retry_after)}

@@ -269,11 +269,9 @@ def _store_refreshed(connection: Connection, row: Row, tokens: TokenSet,
         return _newer_grant(connection, row)
     audit.record("token_refreshed", actor=None, user_email=row.user_email,
                  provider=row.provider, connection=connection)
-    if set(values["scopes"].split()) != set(row.scopes.split()):
-        outbox.record(events.Event(
-            events.SCOPES_CHANGED, row.provider, row.user_email,
-            data={"scopes": values["scopes"].split(), "previous_scopes": row.scopes.split()}),
-            connection)
+    changed = _scopes_changed(row, values["scopes"].split())
+    if changed is not None:
+        outbox.record(changed, connection)
     answer = AccessToken(access_token=tokens.access_token, token_type="Bearer",
                          expires_at=values["expires_at"], scopes=values["scopes"].split(),
                          account=values.get("account", row.account))
@@ -443,15 +441,22 @@ def _grant_event(row: Row | None, values: dict, user_email: str, provider: str,
                  api_key_name: str | None) -> events.Event:
     """What a completed flow did to the credential ``row`` (None: there was none)."""
     scopes = values["scopes"].split()
-    data = {"scopes": scopes}
     if row is not None and row.status == NEEDS_REAUTH:
-        kind = events.RECOVERED
-    elif row is not None and set(row.scopes.split()) != set(scopes):
-        kind = events.SCOPES_CHANGED
-        data["previous_scopes"] = row.scopes.split()
-    else:
-        kind = events.CONNECTED
-    return events.Event(kind, provider, user_email, api_key_name, data)
+        return events.Event(events.RECOVERED, provider, user_email, api_key_name,
+                            {"scopes": scopes})
+    changed = _scopes_changed(row, scopes, api_key_name) if row is not None else None
+    return changed or events.Event(events.CONNECTED, provider, user_email, api_key_name,
+                                   {"scopes": scopes})
+
+
+def _scopes_changed(row: Row, scopes: list[str],
+                    api_key_name: str | None = None) -> events.Event | None:
+    """The scopes_changed event when ``scopes`` differ from the stored ``row``'s, else None."""
+    previous = row.scopes.split()
+    if set(previous) == set(scopes):
+        return None
+    return events.Event(events.SCOPES_CHANGED, row.provider, row.user_email, api_key_name,
+                        {"scopes": scopes, "previous_scopes": previous})
 
 
 class AccountMismatch(Exception):
